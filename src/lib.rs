@@ -1,0 +1,34 @@
+//! lameduck: a sidecar reverse proxy that gives any HTTP server a correct shutdown.
+//!
+//! It listens on the container's public port, forwards to a backend on localhost (which it can
+//! spawn as its child), answers `/ready` and `/health` itself, and on SIGTERM stops admitting,
+//! lets in-flight requests finish within the platform's grace period, and only then stops the
+//! backend.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//! starting ──backend accepts──▶ ready ──SIGTERM/SIGINT──▶ draining ──in-flight = 0──▶ stopping child ──▶ exit
+//!                                                            │ (deadline reached) ─────────▶ stopping child
+//! ```
+//!
+//! The drain may last until `grace_period - child_stop_timeout - 1s`; see [`lifecycle`].
+//!
+//! # Layout
+//!
+//! - [`config`]: command line and environment -> a validated [`config::Config`]; no side effects.
+//! - [`signals`]: OS signals -> lifecycle events.
+//! - [`child`]: spawn the backend in its own process group, forward signals, stop it, reap.
+//! - [`readiness`]: the shared phase, in-flight counting, and the `/ready` and `/health` answers.
+//! - [`proxy`]: the request path: local endpoints, forwarding, header rules, error responses.
+//! - [`server`]: the accept loop and each connection's graceful close.
+//! - [`lifecycle`]: the one place that sequences the phases, with the deadline budget.
+#![forbid(unsafe_code)]
+
+pub mod child;
+pub mod config;
+pub mod lifecycle;
+pub mod proxy;
+pub mod readiness;
+pub mod server;
+pub mod signals;

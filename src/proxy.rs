@@ -1,0 +1,463 @@
+//! The request path: lameduck's own endpoints, forwarding to the backend, the header rules, and
+//! every error response.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::readiness::{Admission, InFlight, State};
+
+/// Idle upstream connections are dropped before typical backends (Node, uvicorn: 5 s) would close
+/// them, so a request is never written onto a connection the backend is closing.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Forwards requests to the backend and answers lameduck's own endpoints.
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<State>,
+    client: Client<HttpConnector, Incoming>,
+    upstream: Authority,
+    ready_path: String,
+    health_path: String,
+    startup_timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, state: Arc<State>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Proxy {
+            state,
+            client,
+            upstream: config.upstream.authority.clone(),
+            ready_path: config.ready_path.clone(),
+            health_path: config.health_path.clone(),
+            startup_timeout: config.startup_timeout,
+        }
+    }
+
+    /// Answers one request from a client at `remote`. Never fails: every problem becomes a response.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let path = req.uri().path();
+        if path == self.ready_path {
+            let (status, body) = self.state.readiness();
+            return Ok(probe(req.method(), status, body));
+        }
+        if path == self.health_path {
+            let (status, body) = self.state.health();
+            return Ok(probe(req.method(), status, body));
+        }
+        let in_flight = match self.state.admit() {
+            Admission::Now(in_flight) => in_flight,
+            Admission::AfterStartup(in_flight) => {
+                if !self.state.wait_started(self.startup_timeout).await {
+                    return Ok(shutting_down());
+                }
+                in_flight
+            }
+            Admission::Refused => return Ok(shutting_down()),
+        };
+        Ok(self.forward(req, remote, in_flight).await)
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        in_flight: InFlight,
+    ) -> Response<ResponseBody> {
+        let upgrade = upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            // HTTP/2 clients name the host in :authority, which becomes the Host header upstream.
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        parts.uri = self.upstream_uri(&parts.uri);
+        parts.version = Version::HTTP_11;
+        remove_hop_by_hop(&mut parts.headers);
+        if let Some(host) = &host {
+            if !parts.headers.contains_key(header::HOST) {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+        }
+        if let Some(protocol) = &upgrade {
+            set_upgrade(&mut parts.headers, protocol.clone());
+        }
+        add_forwarded(&mut parts.headers, remote, host.as_ref());
+        debug!(method = %parts.method, uri = %parts.uri, "forwarding");
+
+        let mut resp = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp,
+            Err(err) => return bad_gateway(&err),
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let backend_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
+                let protocol = upgrade_protocol(resp.headers());
+                let (mut parts, _) = resp.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                if let Some(protocol) = protocol {
+                    set_upgrade(&mut parts.headers, protocol);
+                }
+                return Response::from_parts(parts, ResponseBody::empty());
+            }
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, ResponseBody::proxied(body, in_flight))
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.upstream.clone());
+        parts.path_and_query = Some(
+            original
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        // Cannot fail: scheme, authority and path were each valid on their own.
+        Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and backend connection, keeping the request
+/// counted in flight until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(err) => {
+            warn!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
+        Err(err) => debug!(error = %err, "upgraded connection ended"),
+    }
+    drop(in_flight);
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header the `Connection` header names. `TE: trailers` is
+/// kept: it is how gRPC clients say they accept trailers, and it holds end to end.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most clients name only `keep-alive`, `close` or `upgrade`: no list to build then.
+    let names_others = connection_tokens(headers).any(|token| {
+        !["keep-alive", "close", "upgrade"]
+            .iter()
+            .any(|t| token.eq_ignore_ascii_case(t))
+    });
+    if names_others {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let te_is_trailers = headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_is_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// The protocol asked for when `Connection` includes `upgrade` and `Upgrade` is set.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    connection_tokens(headers)
+        .any(|token| token.eq_ignore_ascii_case("upgrade"))
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends this hop to `X-Forwarded-For`, `-Proto` and `-Host`, after any values already there.
+fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&HeaderValue>) {
+    append_list(headers, &X_FORWARDED_FOR, |list| {
+        // Writing into a Vec cannot fail.
+        let _ = write!(list, "{}", remote.ip().to_canonical());
+    });
+    append_list(headers, &X_FORWARDED_PROTO, |list| {
+        list.extend_from_slice(b"http")
+    });
+    if let Some(host) = host {
+        append_list(headers, &X_FORWARDED_HOST, |list| {
+            list.extend_from_slice(host.as_bytes())
+        });
+    }
+}
+
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, write_value: impl FnOnce(&mut Vec<u8>)) {
+    let mut list = Vec::with_capacity(64);
+    for existing in headers.get_all(name) {
+        list.extend_from_slice(existing.as_bytes());
+        list.extend_from_slice(b", ");
+    }
+    write_value(&mut list);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+        headers.insert(name, value);
+    }
+}
+
+fn probe(method: &Method, status: StatusCode, body: String) -> Response<ResponseBody> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method_not_allowed"}"#.into(),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let mut resp = json(status, body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// 503 for requests lameduck no longer admits: the client should retry, elsewhere.
+fn shutting_down() -> Response<ResponseBody> {
+    let mut resp = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        r#"{"error":"shutting_down"}"#.into(),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    resp
+}
+
+fn bad_gateway(err: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+    let mut detail = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    warn!(%detail, "backend request failed");
+    let body = serde_json::json!({"error": "bad_gateway", "detail": detail}).to_string();
+    json(StatusCode::BAD_GATEWAY, body)
+}
+
+fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The body of every response lameduck sends: its own small JSON answers, or the backend's body
+/// streamed frame by frame, holding the request's in-flight count until the last frame.
+#[derive(Debug)]
+pub struct ResponseBody(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    Local(Option<Bytes>),
+    Proxied {
+        body: Incoming,
+        in_flight: Option<InFlight>,
+    },
+}
+
+impl ResponseBody {
+    fn local(bytes: Bytes) -> ResponseBody {
+        ResponseBody(Kind::Local(Some(bytes)))
+    }
+
+    fn empty() -> ResponseBody {
+        ResponseBody(Kind::Local(None))
+    }
+
+    fn proxied(body: Incoming, in_flight: InFlight) -> ResponseBody {
+        ResponseBody(Kind::Proxied {
+            body,
+            in_flight: Some(in_flight),
+        })
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Kind::Local(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Proxied { body, in_flight } => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    // The response is complete (or broken): it no longer counts as in flight.
+                    in_flight.take();
+                }
+                frame
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Local(bytes) => bytes.is_none(),
+            Kind::Proxied { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Proxied { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("proxy-authorization", "basic x"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-kept"], "yes");
+
+        let mut map = headers(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(
+            &mut map,
+            "[::ffff:127.0.0.2]:5000".parse().unwrap(),
+            Some(&host),
+        );
+        assert_eq!(map["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
+        assert_eq!(map["x-forwarded-proto"], "https, http");
+        assert_eq!(map["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let map = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_protocol(&map).unwrap(), "websocket");
+        assert!(upgrade_protocol(&headers(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_protocol(&headers(&[("connection", "upgrade")])).is_none());
+    }
+}

@@ -1,0 +1,126 @@
+//! The accept loop and each client connection, including its graceful close once draining.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::proxy::Proxy;
+use crate::readiness::{Phase, State};
+
+/// A client that opens a connection must send its request head within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections and serves them until the runtime stops. The listener stays open through
+/// the whole shutdown, so probes are answered until lameduck exits.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, state: Arc<State>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                accept_error(err).await;
+                continue;
+            }
+        };
+        tokio::spawn(connection(
+            stream,
+            remote,
+            Arc::clone(&builder),
+            Arc::clone(&proxy),
+            Arc::clone(&state),
+        ));
+    }
+}
+
+/// Serves one client connection. Once shutdown has begun every response carries
+/// `Connection: close`; when the drain stops admitting, a connection that has already served a
+/// request (an idle keep-alive one, or one busy with a response) is closed gracefully: at once if
+/// idle, after the current response otherwise. A connection that has not sent its first request
+/// yet is left to send it, and gets an answer (a 503, or a probe's) before it closes: closing it
+/// unanswered would fail a request the client had every right to make.
+async fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    proxy: Arc<Proxy>,
+    state: Arc<State>,
+) {
+    let _open = state.open_connection();
+    let _ = stream.set_nodelay(true);
+    let mut phase = state.subscribe();
+    phase.borrow_and_update();
+
+    let served = Arc::new(AtomicBool::new(false));
+    let service = service_fn({
+        let served = Arc::clone(&served);
+        let state = Arc::clone(&state);
+        move |req| {
+            served.store(true, Relaxed);
+            let proxy = Arc::clone(&proxy);
+            let state = Arc::clone(&state);
+            async move {
+                let mut resp = proxy.handle(req, remote).await?;
+                if state.phase().is_shutting_down()
+                    && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    debug!(%remote, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            changed = phase.changed(), if !closing => {
+                let draining = changed.is_err() || *phase.borrow_and_update() >= Phase::Draining;
+                if draining && served.load(Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Resets and aborts of connections not yet accepted are the client's business; running out of
+/// file descriptors is ours: back off briefly instead of spinning.
+async fn accept_error(err: io::Error) {
+    match err.kind() {
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {
+            debug!(error = %err, "accept")
+        }
+        _ => {
+            warn!(error = %err, "accept failed; retrying shortly");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The child: its exit status, forwarded signals, spawn failures, and nothing left behind.
+
+mod support;
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::*;
+
+async fn backend_pid(ld: &Lameduck) -> u32 {
+    get(ld.port, "/pid").await.unwrap().body.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_child_that_exits_on_its_own_gives_lameduck_its_status() {
+    let mut ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let reply = get(ld.port, "/exit?code=3").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        3,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn a_child_killed_by_a_signal_gives_128_plus_n() {
+    let mut ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let pid = backend_pid(&ld).await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        137,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn hup_usr1_usr2_and_winch_are_forwarded_to_the_child() {
+    let log = std::env::temp_dir().join(format!("lameduck-signals-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut ld = Builder::with_backend()
+        .env("BACKEND_SIGNAL_LOG", log.to_str().unwrap())
+        .spawn();
+    ld.wait_ready().await;
+    let expected = ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH"];
+    for signal in [
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        ld.signal(signal);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    loop {
+        let seen = std::fs::read_to_string(&log).unwrap_or_default();
+        if expected.iter().all(|name| seen.contains(name)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the child saw only {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // None of them stopped lameduck or the child.
+    assert_eq!(get(ld.port, "/ready").await.unwrap().status, StatusCode::OK);
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test]
+async fn a_missing_command_exits_127_and_a_non_executable_one_126() {
+    let mut ld = Builder::with_command(&["/nonexistent/lameduck-backend"]).spawn();
+    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 127);
+
+    let path = std::env::temp_dir().join(format!("lameduck-noexec-{}", std::process::id()));
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(b"#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut ld = Builder::with_command(&[path.to_str().unwrap()]).spawn();
+    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 126);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn no_descendant_of_the_child_survives_lameduck() {
+    let mut ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let backend = backend_pid(&ld).await;
+    let spawned = get(ld.port, "/spawn").await.unwrap().body;
+    let grandchildren: Vec<u32> = spawned.split(' ').map(|pid| pid.parse().unwrap()).collect();
+    assert_eq!(grandchildren.len(), 2, "{spawned}");
+    assert!(grandchildren.iter().all(|&pid| alive(pid)));
+
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+    for pid in grandchildren.into_iter().chain([backend]) {
+        assert!(!alive(pid), "process {pid} outlived lameduck");
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_ignores_sigterm_is_killed_and_lameduck_exits_1() {
+    let mut ld = Builder::with_backend()
+        .env("BACKEND_ON_TERM", "ignore")
+        .args(&["--child-stop-timeout", "500ms"])
+        .spawn();
+    ld.wait_ready().await;
+    let backend = backend_pid(&ld).await;
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        1,
+        "{}",
+        ld.log()
+    );
+    assert!(!alive(backend));
+}
+
+#[tokio::test]
+async fn the_child_gets_port_set_to_the_upstream_port() {
+    // The test backend binds $PORT; lameduck only becomes ready if that is the upstream's port.
+    let ld = Builder::with_command(&["sh", "-c", "exec \"$0\"", backend_path().to_str().unwrap()])
+        .spawn();
+    ld.wait_ready().await;
+    assert_eq!(get(ld.port, "/hello").await.unwrap().body, "hello");
+}

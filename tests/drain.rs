@@ -1,0 +1,232 @@
+//! The SIGTERM drain: in-flight requests finish before the child is signalled, new ones are
+//! refused, the deadline cuts what is left, and lameduck exits as soon as it can.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use nix::sys::signal::Signal;
+use support::*;
+
+async fn ready_status(ld: &Lameduck) -> (StatusCode, serde_json::Value) {
+    let reply = get(ld.port, "/ready").await.unwrap();
+    (reply.status, serde_json::from_str(&reply.body).unwrap())
+}
+
+async fn wait_in_flight(ld: &Lameduck, n: u64) {
+    let start = Instant::now();
+    while ready_status(ld).await.1["active_requests"] != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never saw {n} in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped() {
+    // The backend dies the instant it gets SIGTERM, so any request still running when lameduck
+    // signalled it would fail.
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "30s"])
+        .spawn();
+    ld.wait_ready().await;
+    let backend_pid: u32 = get(ld.port, "/pid").await.unwrap().body.parse().unwrap();
+
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(tokio::spawn(get(ld.port, "/slow?ms=2000")));
+    }
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(tokio::spawn(get(ld.port, "/sse?n=4&ms=500")));
+    }
+    wait_in_flight(&ld, 25).await;
+
+    ld.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    // /ready fails at once, /health holds, new work is refused at once.
+    loop {
+        let (status, body) = ready_status(&ld).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["status"], "draining");
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(2));
+    }
+    assert_eq!(
+        get(ld.port, "/health").await.unwrap().status,
+        StatusCode::OK
+    );
+    let refused = get(ld.port, "/hello").await.unwrap();
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.body, r#"{"error":"shutting_down"}"#);
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        alive(backend_pid),
+        "the child was signalled with requests in flight"
+    );
+
+    for request in slow {
+        let reply = request.await.unwrap().unwrap();
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "slow 2000 done")
+        );
+    }
+    let events: String = (0..4)
+        .map(|i| format!("id: {i}\ndata: event {i}\n\n"))
+        .collect();
+    for stream in streams {
+        let reply = stream.await.unwrap().unwrap();
+        assert_eq!(reply.body, events);
+    }
+    let done = Instant::now();
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+    assert!(
+        done.elapsed() < Duration::from_secs(5),
+        "lingered {:?} after the last response",
+        done.elapsed()
+    );
+    assert!(!alive(backend_pid), "the child outlived lameduck");
+}
+
+#[tokio::test]
+async fn during_the_drain_delay_new_requests_are_still_proxied() {
+    let mut ld = Builder::with_backend()
+        .args(&["--drain-delay", "2s"])
+        .spawn();
+    ld.wait_ready().await;
+    ld.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    while ready_status(&ld).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = get(ld.port, "/hello").await.unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "test too slow to observe the delay"
+    );
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "hello")
+    );
+    assert_eq!(reply.header("connection"), Some("close"));
+
+    tokio::time::sleep_until((signalled + Duration::from_millis(2300)).into()).await;
+    // Once the delay is over lameduck exits (nothing in flight); if it is still up, it refuses.
+    if let Ok(reply) = get(ld.port, "/hello").await {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_lameduck_exits_at_once_instead_of_sleeping_out_the_grace_period() {
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "120s"])
+        .spawn();
+    ld.wait_ready().await;
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+    assert!(ld.log().contains("drained"), "{}", ld.log());
+}
+
+#[tokio::test]
+async fn the_deadline_cuts_what_is_left_and_exits_1_before_the_grace_period_ends() {
+    // Budget: 4s - 1s (child stop) - 1s (margin) = 2s of drain.
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "4s", "--child-stop-timeout", "1s"])
+        .spawn();
+    ld.wait_ready().await;
+    let stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
+    wait_in_flight(&ld, 1).await;
+    ld.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        1,
+        "{}",
+        ld.log()
+    );
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "cut early, after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "outlived the grace period: {took:?}"
+    );
+    assert!(ld.log().contains("cut=1"), "{}", ld.log());
+    assert!(stuck
+        .await
+        .unwrap()
+        .map_or(true, |r| r.status != StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_second_signal_skips_the_rest_of_the_drain() {
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "60s"])
+        .spawn();
+    ld.wait_ready().await;
+    let _stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
+    wait_in_flight(&ld, 1).await;
+    ld.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ld.signal(Signal::SIGINT);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        1,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn sigquit_stops_at_once() {
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "60s"])
+        .spawn();
+    ld.wait_ready().await;
+    ld.signal(Signal::SIGQUIT);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn without_a_child_lameduck_drains_and_exits_alone() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut ld = Builder::without_child(upstream.local_addr().unwrap().port()).spawn();
+    ld.wait_ready().await;
+    ld.signal(Signal::SIGINT);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+}

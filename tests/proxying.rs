@@ -1,0 +1,206 @@
+//! Forwarding: what reaches the backend, what comes back, streaming, upgrades, and errors.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn forwards_method_path_query_and_headers_with_the_hop_rules() {
+    let ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let req = Request::get("/headers?a=1&b=two")
+        .header("host", "public.example")
+        .header("x-forwarded-for", "10.1.1.1")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop only")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic eA==")
+        .header("x-custom", "kept")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let reply = request(ld.port, req).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.body.to_lowercase();
+    assert!(
+        seen.starts_with("get /headers?a=1&b=two http/1.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("host: public.example\n"), "{seen}");
+    assert!(seen.contains("x-custom: kept\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 10.1.1.1, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-host: public.example\n"),
+        "{seen}"
+    );
+    for hop in ["x-secret", "keep-alive:", "proxy-authorization"] {
+        assert!(!seen.contains(hop), "{hop} was forwarded: {seen}");
+    }
+}
+
+#[tokio::test]
+async fn passes_status_and_request_body_through() {
+    let ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let reply = get(ld.port, "/status?code=418").await.unwrap();
+    assert_eq!(reply.status, StatusCode::IM_A_TEAPOT);
+    let reply = get(ld.port, "/nowhere").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::NOT_FOUND, "not found")
+    );
+
+    let req = Request::post("/echo")
+        .header("host", "x")
+        .body(Full::new(Bytes::from_static(b"round trip")))
+        .unwrap();
+    let reply = request(ld.port, req).await.unwrap();
+    assert_eq!(reply.body, "round trip");
+}
+
+#[tokio::test]
+async fn streams_large_bodies_both_ways_without_buffering() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+
+    let req = Request::post("/count")
+        .header("host", "x")
+        .body(Generated::new(SIZE))
+        .unwrap();
+    let reply = request(ld.port, req).await.unwrap();
+    assert_eq!(reply.body, SIZE.to_string());
+
+    let resp = send(ld.port, get_request(&format!("/download?bytes={SIZE}")))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, SIZE);
+
+    // A proxy that buffered either body would have held 256 MiB at once.
+    let peak = peak_rss_kib(ld.pid());
+    assert!(peak < 64 * 1024, "lameduck peaked at {peak} KiB");
+}
+
+#[tokio::test]
+async fn streamed_events_are_forwarded_as_they_are_written() {
+    let ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    // Two events, 4 s apart: the first must arrive long before the second is written.
+    let start = Instant::now();
+    let resp = send(ld.port, get_request("/sse?n=2&ms=4000"))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"id: 0\ndata: event 0\n\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "first event held back for {:?}",
+        start.elapsed()
+    );
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&second[..], b"id: 1\ndata: event 1\n\n");
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_after_the_backends_101() {
+    let ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "connection closed in the head"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in [&b"ping"[..], b"second message"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_gives_a_502_with_json() {
+    // Something accepts on the upstream port, so lameduck becomes ready; then it goes away.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    let ld = Builder::without_child(upstream_port).spawn();
+    ld.wait_ready().await;
+    drop(upstream);
+
+    let reply = get(ld.port, "/anything").await.unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    assert!(
+        body["detail"].as_str().unwrap().contains("refused"),
+        "{body}"
+    );
+    // lameduck itself carries on.
+    assert_eq!(
+        get(ld.port, "/health").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_breaks_mid_response_does_not_take_lameduck_down() {
+    // A raw backend that sends a head promising 100 bytes, 5 of them, then hangs up.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = upstream.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                if conn.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+                        .await;
+                }
+            });
+        }
+    });
+    let ld = Builder::without_child(upstream_port).spawn();
+    ld.wait_ready().await;
+    assert!(
+        get(ld.port, "/broken").await.is_err(),
+        "a truncated body must reach the client as an error"
+    );
+    assert_eq!(get(ld.port, "/ready").await.unwrap().status, StatusCode::OK);
+}

@@ -1,0 +1,244 @@
+//! A test backend for lameduck's integration tests, run as a real child process.
+//!
+//! It binds `127.0.0.1:$PORT` and behaves like the servers lameduck must cope with: by default it
+//! dies the instant it gets SIGTERM (like Node), it can start late, ignore SIGTERM, stream slowly,
+//! spawn grandchildren and crash on demand.
+//!
+//! Environment:
+//! - `PORT`: the port to bind (set by lameduck).
+//! - `BACKEND_DELAY_MS`: wait this long before binding.
+//! - `BACKEND_ON_TERM=ignore`: ignore SIGTERM (only SIGKILL stops it).
+//! - `BACKEND_SIGNAL_LOG=FILE`: append the name of every SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH received.
+//!
+//! Routes: `/hello`, `/slow?ms=N`, `/sse?n=N&ms=M`, `/echo`, `/count`, `/download?bytes=N`,
+//! `/headers`, `/upgrade`, `/spawn`, `/exit?code=N`, `/pid`, `/status?code=N`.
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[tokio::main]
+async fn main() {
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .expect("PORT must be set");
+    if std::env::var("BACKEND_ON_TERM").as_deref() == Ok("ignore") {
+        // A registered handler replaces the default action (death): SIGTERM is now a no-op.
+        signal_hook::flag::register(
+            signal_hook::consts::SIGTERM,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .expect("register SIGTERM");
+    }
+    if let Ok(path) = std::env::var("BACKEND_SIGNAL_LOG") {
+        tokio::spawn(log_signals(path));
+    }
+    if let Some(ms) = std::env::var("BACKEND_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(route))
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+async fn log_signals(path: String) {
+    use signal_hook::consts::{SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH]).expect("signals");
+    while let Some(sig) = signals.next().await {
+        let name = signal_hook::low_level::signal_name(sig).unwrap_or("?");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("signal log");
+        writeln!(file, "{name}").expect("write signal log");
+    }
+}
+
+fn param(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.parse().ok())?
+    })
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+fn ok(body: impl Into<Bytes>) -> Response<Body> {
+    text(StatusCode::OK, body)
+}
+
+/// A body fed by a task, one frame per message.
+fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let stream = tokio_stream(rx).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+    (tx, StreamBody::new(stream).boxed())
+}
+
+fn tokio_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let resp = match req.uri().path() {
+        "/hello" => ok("hello"),
+        "/pid" => ok(std::process::id().to_string()),
+        "/status" => text(
+            StatusCode::from_u16(param(&req, "code").unwrap_or(200) as u16)
+                .unwrap_or(StatusCode::OK),
+            "status",
+        ),
+        "/slow" => {
+            let ms = param(&req, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ok(format!("slow {ms} done"))
+        }
+        "/sse" => {
+            let n = param(&req, "n").unwrap_or(3);
+            let ms = param(&req, "ms").unwrap_or(500);
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                for i in 0..n {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let event = Bytes::from(format!("id: {i}\ndata: event {i}\n\n"));
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut resp = Response::new(body);
+            resp.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+        "/echo" => {
+            let (tx, body) = channel_body();
+            let mut incoming = req.into_body();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = incoming.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        if tx.send(data).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Response::new(body)
+        }
+        "/count" => {
+            let mut incoming = req.into_body();
+            let mut total = 0u64;
+            while let Some(Ok(frame)) = incoming.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                }
+            }
+            ok(total.to_string())
+        }
+        "/download" => {
+            let mut remaining = param(&req, "bytes").unwrap_or(0);
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                while remaining > 0 {
+                    let n = remaining.min(chunk.len() as u64) as usize;
+                    if tx.send(chunk.slice(..n)).await.is_err() {
+                        return;
+                    }
+                    remaining -= n as u64;
+                }
+            });
+            Response::new(body)
+        }
+        "/headers" => {
+            let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+            for (name, value) in req.headers() {
+                out.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+            }
+            ok(out)
+        }
+        "/upgrade" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+            resp.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut()
+                .insert("upgrade", "echo".parse().unwrap());
+            resp
+        }
+        "/spawn" => {
+            // One grandchild stays in the backend's process group, one leaves it.
+            let in_group = std::process::Command::new("sleep").arg("300").spawn();
+            let own_group = std::process::Command::new("sleep")
+                .arg("301")
+                .process_group(0)
+                .spawn();
+            match (in_group, own_group) {
+                (Ok(a), Ok(b)) => ok(format!("{} {}", a.id(), b.id())),
+                _ => text(StatusCode::INTERNAL_SERVER_ERROR, "spawn failed"),
+            }
+        }
+        "/exit" => {
+            let code = param(&req, "code").unwrap_or(0) as i32;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::process::exit(code);
+            });
+            ok("exiting")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    };
+    Ok(resp)
+}
