@@ -22,9 +22,12 @@
 //! - [`readiness`]: the shared phase, in-flight counting, and the `/ready` and `/health` answers.
 //! - [`proxy`]: the request path: local endpoints, forwarding, header rules, error responses.
 //! - [`server`]: the accept loop and each connection's graceful close.
+//! - [`backend`]: probing the backend: is it up, is it healthy.
+//! - [`telemetry`]: Prometheus metrics and the access log.
 //! - [`lifecycle`]: the one place that sequences the phases, with the deadline budget.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod child;
 pub mod config;
 pub mod lifecycle;
@@ -32,3 +35,4 @@ pub mod proxy;
 pub mod readiness;
 pub mod server;
 pub mod signals;
+pub mod telemetry;

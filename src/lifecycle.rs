@@ -7,19 +7,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
+use crate::backend::Backend;
 use crate::child::{self, Child, ExitStatus, Stopped};
-use crate::config::{Config, Upstream};
+use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::readiness::{Phase, State};
 use crate::server;
 use crate::signals::{self, Signal, Signals};
+use crate::telemetry::Telemetry;
 
-/// How often the upstream is probed while it starts.
+/// How often the upstream's port is probed while it starts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+/// How often `--backend-ready-path` is asked while the backend starts.
+const READY_PATH_INTERVAL: Duration = Duration::from_millis(100);
 /// After the last response, how long finished connections get to flush before the child stops.
 const FLUSH_LINGER: Duration = Duration::from_millis(500);
 
@@ -79,13 +83,24 @@ pub async fn run(config: Config, listener: TcpListener) -> u8 {
         },
     };
 
-    let state = State::new();
-    let proxy = Arc::new(Proxy::new(&config, Arc::clone(&state)));
+    let state = State::new(config.max_concurrency);
+    let telemetry = Telemetry::new(
+        Arc::clone(&state),
+        config.metrics_path.is_some(),
+        config.log.access_log,
+    );
+    let proxy = Arc::new(Proxy::new(
+        &config,
+        Arc::clone(&state),
+        Arc::clone(&telemetry),
+    ));
     tokio::spawn(server::serve(listener, proxy, Arc::clone(&state)));
 
     let mut life = Lifecycle {
+        backend: Arc::new(Backend::new(config.upstream.clone())),
         config,
         state,
+        telemetry,
         signals,
         child,
         terminations: 0,
@@ -96,6 +111,8 @@ pub async fn run(config: Config, listener: TcpListener) -> u8 {
 struct Lifecycle {
     config: Config,
     state: Arc<State>,
+    telemetry: Arc<Telemetry>,
+    backend: Arc<Backend>,
     signals: Signals,
     child: Option<Child>,
     terminations: u32,
@@ -106,10 +123,11 @@ impl Lifecycle {
         // 1. starting: wait for the backend to accept connections.
         let started = Instant::now();
         info!(upstream = %self.config.upstream.authority, "starting; waiting for the backend");
-        let upstream = self.config.upstream.clone();
+        let backend = Arc::clone(&self.backend);
+        let ready_path = self.config.backend_ready_path.clone();
         let startup_deadline = started + self.config.startup_timeout;
         let stop = tokio::select! {
-            () = wait_until_accepting(&upstream) => None,
+            () = wait_until_up(&backend, ready_path.as_deref()) => None,
             () = sleep_until(startup_deadline) => {
                 error!(timeout = ?self.config.startup_timeout, "the backend did not start in time");
                 self.state.set_phase(Phase::Stopping);
@@ -131,6 +149,10 @@ impl Lifecycle {
             None => {
                 self.state.set_phase(Phase::Ready);
                 info!(after = ?started.elapsed(), "the backend is up; ready");
+                if let Some(path) = self.config.backend_health_path.clone() {
+                    let watch = Arc::clone(&backend).watch_health(path, Arc::clone(&self.state));
+                    tokio::spawn(watch);
+                }
                 match self.next_event().await {
                     Event::Stop(stop) => stop,
                     Event::ChildExited(status) => return self.child_exited(status).await,
@@ -183,10 +205,20 @@ impl Lifecycle {
             "draining: /ready now fails"
         );
 
+        // The drain delay: keep admitting, unless `--drain-quiet` sees traffic has stopped.
         let delay_end = deadline.min(shutdown + self.config.drain_delay);
         while stop == Stop::Graceful && Instant::now() < delay_end {
+            let quiet_end = self
+                .config
+                .drain_quiet
+                .map(|quiet| Instant::now() + quiet.saturating_sub(self.state.quiet_for(shutdown)));
+            if quiet_end.is_some_and(|end| end <= Instant::now()) {
+                info!(quiet = ?self.config.drain_quiet, "no new request for the quiet period: ending the drain delay");
+                break;
+            }
+            let wake = quiet_end.map_or(delay_end, |end| end.min(delay_end));
             tokio::select! {
-                () = sleep_until(delay_end) => {}
+                () = sleep_until(wake) => {}
                 event = self.next_event() => stop = self.on_event_while_draining(event)?,
             }
         }
@@ -210,6 +242,7 @@ impl Lifecycle {
                 () = sleep_until(deadline) => {
                     let cut = self.state.in_flight();
                     warn!(cut, after = ?shutdown.elapsed(), "drain deadline reached; cutting requests still in flight");
+                    self.telemetry.record_cut(cut);
                     return Ok(cut);
                 }
                 event = self.next_event() => stop = self.on_event_while_draining(event)?,
@@ -218,6 +251,7 @@ impl Lifecycle {
         let cut = self.state.in_flight();
         if cut > 0 {
             warn!(cut, "fast stop; cutting requests still in flight");
+            self.telemetry.record_cut(cut);
         }
         Ok(cut)
     }
@@ -307,16 +341,14 @@ async fn wait_child(child: &mut Option<Child>) -> ExitStatus {
     }
 }
 
-/// Resolves once the upstream accepts a TCP connection.
-async fn wait_until_accepting(upstream: &Upstream) {
-    loop {
-        if TcpStream::connect((upstream.host.as_str(), upstream.port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+/// Resolves once the backend is up: its port accepts, or its ready path answers 2xx.
+async fn wait_until_up(backend: &Backend, ready_path: Option<&str>) {
+    let interval = match ready_path {
+        Some(_) => READY_PATH_INTERVAL,
+        None => PROBE_INTERVAL,
+    };
+    while !backend.is_up(ready_path).await {
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use lameduck::config::{Config, ConfigError};
+use lameduck::config::{Config, ConfigError, LogConfig, LogFormat};
 use lameduck::lifecycle::{self, exit};
 use tracing_subscriber::EnvFilter;
 
@@ -19,14 +19,15 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    if config.print_config {
+        print!("{}", config.describe());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.log);
+    let from_cerebrium = config.from_cerebrium();
+    if !from_cerebrium.is_empty() {
+        tracing::info!(values = %from_cerebrium.join(" "), "read from cerebrium.toml");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,4 +53,22 @@ fn main() -> ExitCode {
     // Connections still open are dropped here; nothing of the child's is left by now.
     runtime.shutdown_background();
     ExitCode::from(status)
+}
+
+/// tracing to stderr, as text or one JSON object per line. The access log (target `access`) is
+/// on whenever `--access-log` is, whatever the level.
+fn init_logging(log: &LogConfig) {
+    let mut filter = EnvFilter::builder().parse_lossy(&log.filter);
+    if log.access_log {
+        // Cannot fail: a constant, valid directive.
+        filter = filter.add_directive("access=info".parse().expect("valid directive"));
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::readiness::{Admission, InFlight, State};
+use crate::telemetry::{Observation, Telemetry};
 
 /// Idle upstream connections are dropped before typical backends (Node, uvicorn: 5 s) would close
 /// them, so a request is never written onto a connection the backend is closing.
@@ -34,15 +35,18 @@ const RETRY_AFTER_SECS: &str = "1";
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<State>,
+    telemetry: Arc<Telemetry>,
     client: Client<HttpConnector, Incoming>,
     upstream: Authority,
     ready_path: String,
     health_path: String,
+    metrics_path: Option<String>,
     startup_timeout: Duration,
+    queue_timeout: Duration,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, state: Arc<State>) -> Proxy {
+    pub fn new(config: &Config, state: Arc<State>, telemetry: Arc<Telemetry>) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
@@ -52,11 +56,14 @@ impl Proxy {
             .build(connector);
         Proxy {
             state,
+            telemetry,
             client,
             upstream: config.upstream.authority.clone(),
             ready_path: config.ready_path.clone(),
             health_path: config.health_path.clone(),
+            metrics_path: config.metrics_path.clone(),
             startup_timeout: config.startup_timeout,
+            queue_timeout: config.queue_timeout,
         }
     }
 
@@ -75,17 +82,44 @@ impl Proxy {
             let (status, body) = self.state.health();
             return Ok(probe(req.method(), status, body));
         }
-        let in_flight = match self.state.admit() {
+        if self.metrics_path.as_deref() == Some(path) {
+            if let Some(text) = self.telemetry.render() {
+                return Ok(metrics(req.method(), text));
+            }
+        }
+        let observation = self.telemetry.observe(req.method(), path);
+        let mut resp = self.admit_and_forward(req, remote).await;
+        if let Some(mut observation) = observation {
+            observation.set_status(resp.status());
+            resp.body_mut().observation = Some(observation);
+        }
+        Ok(resp)
+    }
+
+    async fn admit_and_forward(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let mut in_flight = match self.state.admit() {
             Admission::Now(in_flight) => in_flight,
             Admission::AfterStartup(in_flight) => {
                 if !self.state.wait_started(self.startup_timeout).await {
-                    return Ok(shutting_down());
+                    return shutting_down();
                 }
                 in_flight
             }
-            Admission::Refused => return Ok(shutting_down()),
+            Admission::Refused => return shutting_down(),
         };
-        Ok(self.forward(req, remote, in_flight).await)
+        if self
+            .state
+            .take_slot(&mut in_flight, self.queue_timeout)
+            .await
+            .is_err()
+        {
+            return refused(r#"{"error":"at_capacity"}"#);
+        }
+        self.forward(req, remote, in_flight).await
     }
 
     async fn forward(
@@ -275,15 +309,19 @@ fn append_list(headers: &mut HeaderMap, name: &HeaderName, write_value: impl FnO
     }
 }
 
+fn method_not_allowed() -> Response<ResponseBody> {
+    let mut resp = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        r#"{"error":"method_not_allowed"}"#.into(),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp
+}
+
 fn probe(method: &Method, status: StatusCode, body: String) -> Response<ResponseBody> {
     if method != Method::GET && method != Method::HEAD {
-        let mut resp = json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"method_not_allowed"}"#.into(),
-        );
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
+        return method_not_allowed();
     }
     let mut resp = json(status, body);
     resp.headers_mut()
@@ -291,12 +329,28 @@ fn probe(method: &Method, status: StatusCode, body: String) -> Response<Response
     resp
 }
 
+fn metrics(method: &Method, text: String) -> Response<ResponseBody> {
+    if method != Method::GET && method != Method::HEAD {
+        return method_not_allowed();
+    }
+    let mut resp = Response::new(ResponseBody::local(Bytes::from(text)));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// 503 for requests lameduck no longer admits: the client should retry, elsewhere.
 fn shutting_down() -> Response<ResponseBody> {
-    let mut resp = json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        r#"{"error":"shutting_down"}"#.into(),
-    );
+    refused(r#"{"error":"shutting_down"}"#)
+}
+
+/// 503 with `Retry-After`, answered at once.
+fn refused(body: &'static str) -> Response<ResponseBody> {
+    let mut resp = json(StatusCode::SERVICE_UNAVAILABLE, body.into());
     let headers = resp.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     headers.insert(
@@ -332,7 +386,11 @@ fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
 /// The body of every response lameduck sends: its own small JSON answers, or the backend's body
 /// streamed frame by frame, holding the request's in-flight count until the last frame.
 #[derive(Debug)]
-pub struct ResponseBody(Kind);
+pub struct ResponseBody {
+    kind: Kind,
+    /// Metrics and access log for this request, when on; recorded when the body ends.
+    observation: Option<Observation>,
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -344,16 +402,23 @@ enum Kind {
 }
 
 impl ResponseBody {
+    fn new(kind: Kind) -> ResponseBody {
+        ResponseBody {
+            kind,
+            observation: None,
+        }
+    }
+
     fn local(bytes: Bytes) -> ResponseBody {
-        ResponseBody(Kind::Local(Some(bytes)))
+        ResponseBody::new(Kind::Local(Some(bytes)))
     }
 
     fn empty() -> ResponseBody {
-        ResponseBody(Kind::Local(None))
+        ResponseBody::new(Kind::Local(None))
     }
 
     fn proxied(body: Incoming, in_flight: InFlight) -> ResponseBody {
-        ResponseBody(Kind::Proxied {
+        ResponseBody::new(Kind::Proxied {
             body,
             in_flight: Some(in_flight),
         })
@@ -368,7 +433,8 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().0 {
+        let this = self.get_mut();
+        let frame = match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
             Kind::Proxied { body, in_flight } => {
                 let frame = Pin::new(body).poll_frame(cx);
@@ -378,18 +444,28 @@ impl Body for ResponseBody {
                 }
                 frame
             }
+        };
+        if let Some(observation) = &mut this.observation {
+            match &frame {
+                Poll::Ready(Some(Ok(frame))) => {
+                    observation.add_bytes(frame.data_ref().map_or(0, |data| data.len()));
+                }
+                Poll::Ready(_) => this.observation = None,
+                Poll::Pending => {}
+            }
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match &self.kind {
             Kind::Local(bytes) => bytes.is_none(),
             Kind::Proxied { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match &self.kind {
             Kind::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -5,12 +5,15 @@
 //! request is one atomic increment and decrement; the notification that wakes the lifecycle is
 //! only sent once shutdown has begun, so the hot path never takes a lock.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Where lameduck is in its lifecycle. Ordered: later phases compare greater.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +32,25 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Ready,
+        Phase::DrainDelay,
+        Phase::Draining,
+        Phase::Stopping,
+    ];
+
+    /// The phase's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::DrainDelay => "drain_delay",
+            Phase::Draining => "draining",
+            Phase::Stopping => "stopping",
+        }
+    }
+
     fn from_u8(value: u8) -> Phase {
         match value {
             0 => Phase::Starting,
@@ -55,9 +77,21 @@ impl Phase {
 pub struct State {
     phase: AtomicU8,
     phase_tx: watch::Sender<Phase>,
+    /// Proxied requests admitted and not finished, queued ones included.
     in_flight: Gauge,
+    /// Of those, the ones waiting for a concurrency slot.
+    queued: AtomicUsize,
+    /// `--max-concurrency` slots, handed out first come first served; `None` without a limit.
+    slots: Option<Arc<Semaphore>>,
+    max_concurrency: usize,
     connections: Gauge,
+    /// When the last request arrived during the drain delay, in ms since `epoch`.
+    last_arrival_ms: AtomicU64,
+    epoch: Instant,
     child_death: OnceLock<String>,
+    /// Why the backend's own health check fails, if it does.
+    backend_unhealthy: AtomicBool,
+    backend_health_reason: Mutex<String>,
 }
 
 /// What to do with a request that is not a probe.
@@ -71,14 +105,26 @@ pub enum Admission {
     Refused,
 }
 
+/// A concurrency slot could not be had within `--queue-timeout`.
+#[derive(Debug)]
+pub struct AtCapacity;
+
 impl State {
-    pub fn new() -> Arc<State> {
+    /// `max_concurrency`: proxied requests in flight at most; 0 for no limit.
+    pub fn new(max_concurrency: usize) -> Arc<State> {
         Arc::new(State {
             phase: AtomicU8::new(Phase::Starting as u8),
             phase_tx: watch::Sender::new(Phase::Starting),
             in_flight: Gauge::default(),
+            queued: AtomicUsize::new(0),
+            slots: (max_concurrency > 0).then(|| Arc::new(Semaphore::new(max_concurrency))),
+            max_concurrency,
             connections: Gauge::default(),
+            last_arrival_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             child_death: OnceLock::new(),
+            backend_unhealthy: AtomicBool::new(false),
+            backend_health_reason: Mutex::new(String::new()),
         })
     }
 
@@ -101,12 +147,62 @@ impl State {
     /// past the drain delay and seen zero in flight, no request can still slip through.
     pub fn admit(self: &Arc<Self>) -> Admission {
         self.in_flight.count.fetch_add(1, SeqCst);
-        let guard = InFlight(Arc::clone(self));
+        let guard = InFlight {
+            state: Arc::clone(self),
+            slot: None,
+        };
         match self.phase() {
             Phase::Starting => Admission::AfterStartup(guard),
-            Phase::Ready | Phase::DrainDelay => Admission::Now(guard),
+            Phase::Ready => Admission::Now(guard),
+            Phase::DrainDelay => {
+                let now = self.epoch.elapsed().as_millis() as u64;
+                self.last_arrival_ms.store(now, Relaxed);
+                Admission::Now(guard)
+            }
             Phase::Draining | Phase::Stopping => Admission::Refused,
         }
+    }
+
+    /// Takes a concurrency slot for an admitted request, waiting first come first served for at
+    /// most `queue_timeout`. Without a limit this costs nothing.
+    pub async fn take_slot(
+        &self,
+        in_flight: &mut InFlight,
+        queue_timeout: Duration,
+    ) -> Result<(), AtCapacity> {
+        let Some(slots) = &self.slots else {
+            return Ok(());
+        };
+        if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+            in_flight.slot = Some(slot);
+            return Ok(());
+        }
+        if queue_timeout.is_zero() {
+            return Err(AtCapacity);
+        }
+        self.queued.fetch_add(1, SeqCst);
+        let waited = tokio::time::timeout(queue_timeout, Arc::clone(slots).acquire_owned()).await;
+        self.queued.fetch_sub(1, SeqCst);
+        match waited {
+            Ok(Ok(slot)) => {
+                in_flight.slot = Some(slot);
+                Ok(())
+            }
+            // The semaphore is never closed; a timeout is the only way here.
+            _ => Err(AtCapacity),
+        }
+    }
+
+    /// Requests waiting for a concurrency slot.
+    pub fn queued(&self) -> usize {
+        self.queued.load(SeqCst)
+    }
+
+    /// How long ago the last request arrived during the drain delay (or the delay began, if
+    /// none has), measured from `since`, the delay's start.
+    pub fn quiet_for(&self, since: Instant) -> Duration {
+        let last = self.epoch + Duration::from_millis(self.last_arrival_ms.load(Relaxed));
+        since.max(last).elapsed()
     }
 
     /// Waits until the backend is up (or startup ends another way, or `limit` passes); returns
@@ -143,11 +239,23 @@ impl State {
         let _ = self.child_death.set(reason);
     }
 
+    /// Proxied requests being served (holding a slot, or not yet queued): in flight less queued.
+    pub fn active(&self) -> usize {
+        self.in_flight().saturating_sub(self.queued())
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.slots
+            .as_ref()
+            .is_some_and(|slots| slots.available_permits() == 0)
+    }
+
     /// The answer to `/ready`.
     pub fn readiness(&self) -> (StatusCode, String) {
         let status = match self.phase() {
             _ if self.child_death.get().is_some() => "draining",
             Phase::Starting => "starting",
+            Phase::Ready if self.at_capacity() => "at_capacity",
             Phase::Ready => "ready",
             _ => "draining",
         };
@@ -156,22 +264,44 @@ impl State {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
+        let max = match self.max_concurrency {
+            0 => "null".to_string(),
+            n => n.to_string(),
+        };
         let body = format!(
-            r#"{{"status":"{status}","active_requests":{},"max_concurrency":null}}"#,
-            self.in_flight()
+            r#"{{"status":"{status}","active_requests":{},"max_concurrency":{max}}}"#,
+            self.active()
         );
         (code, body)
     }
 
     /// The answer to `/health`: healthy for as long as the child lives, the whole drain included.
+    /// A failing backend health check (`--backend-health-path`) counts only before the drain.
     pub fn health(&self) -> (StatusCode, String) {
-        match self.child_death.get() {
-            None => (StatusCode::OK, r#"{"status":"healthy"}"#.to_string()),
-            Some(reason) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"status": "unhealthy", "reason": reason}).to_string(),
-            ),
+        let reason = match self.child_death.get() {
+            Some(reason) => reason.clone(),
+            None if self.backend_unhealthy.load(Relaxed) && !self.phase().is_shutting_down() => {
+                self.backend_health_reason
+                    .lock()
+                    .map(|reason| reason.clone())
+                    .unwrap_or_default()
+            }
+            None => return (StatusCode::OK, r#"{"status":"healthy"}"#.to_string()),
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unhealthy", "reason": reason}).to_string(),
+        )
+    }
+
+    /// Records the outcome of the background check of the backend's own health path.
+    pub fn set_backend_health(&self, failure: Option<String>) {
+        if let Some(reason) = &failure {
+            if let Ok(mut slot) = self.backend_health_reason.lock() {
+                slot.clone_from(reason);
+            }
         }
+        self.backend_unhealthy.store(failure.is_some(), Relaxed);
     }
 
     /// Called when a gauge drops to zero: wake the lifecycle, but only once it may be waiting,
@@ -210,14 +340,19 @@ impl Gauge {
     }
 }
 
-/// One proxied request in flight; dropping it counts the request out.
+/// One proxied request in flight, with its concurrency slot once it has one; dropping it counts
+/// the request out and frees the slot.
 #[derive(Debug)]
-pub struct InFlight(Arc<State>);
+pub struct InFlight {
+    state: Arc<State>,
+    slot: Option<OwnedSemaphorePermit>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.leave() {
-            self.0.reached_zero(&self.0.in_flight);
+        self.slot.take();
+        if self.state.in_flight.leave() {
+            self.state.reached_zero(&self.state.in_flight);
         }
     }
 }
@@ -240,7 +375,7 @@ mod tests {
 
     #[test]
     fn admission_follows_the_phase() {
-        let state = State::new();
+        let state = State::new(0);
         assert!(matches!(state.admit(), Admission::AfterStartup(_)));
         state.set_phase(Phase::Ready);
         let held = state.admit();
@@ -257,8 +392,11 @@ mod tests {
 
     #[test]
     fn probes_report_the_phase() {
-        let state = State::new();
+        let state = State::new(0);
         assert_eq!(state.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        state.set_backend_health(Some("backend /healthz answered 500".into()));
+        assert_eq!(state.health().0, StatusCode::SERVICE_UNAVAILABLE);
+        state.set_backend_health(None);
         assert!(state.readiness().1.contains(r#""status":"starting""#));
         state.set_phase(Phase::Ready);
         assert_eq!(
@@ -277,8 +415,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn slots_are_handed_out_first_come_first_served_and_ready_reports_capacity() {
+        let state = State::new(1);
+        state.set_phase(Phase::Ready);
+        let Admission::Now(mut first) = state.admit() else {
+            panic!("ready state must admit")
+        };
+        state.take_slot(&mut first, Duration::ZERO).await.unwrap();
+        let (code, body) = state.readiness();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            r#"{"status":"at_capacity","active_requests":1,"max_concurrency":1}"#
+        );
+
+        let Admission::Now(mut second) = state.admit() else {
+            panic!("ready state must admit")
+        };
+        assert!(state.take_slot(&mut second, Duration::ZERO).await.is_err());
+        let waiter = tokio::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                let result = state.take_slot(&mut second, Duration::from_secs(10)).await;
+                (result.is_ok(), second)
+            }
+        });
+        while state.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(state.active(), 1);
+        drop(first);
+        let (took, second) = waiter.await.unwrap();
+        assert!(took);
+        assert_eq!(state.queued(), 0);
+        drop(second);
+        assert_eq!(state.readiness().0, StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn wait_idle_wakes_when_the_last_request_ends() {
-        let state = State::new();
+        let state = State::new(0);
         state.set_phase(Phase::Ready);
         let Admission::Now(guard) = state.admit() else {
             panic!("ready state must admit")
