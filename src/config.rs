@@ -376,7 +376,7 @@ impl Config {
 struct Layers<'a> {
     matches: &'a ArgMatches,
     file: Option<(PathBuf, toml::Table)>,
-    cerebrium: Option<(PathBuf, Vec<(&'static str, &'static str, String)>)>,
+    cerebrium: Option<Cerebrium>,
     resolved: Vec<Resolved>,
 }
 
@@ -401,12 +401,10 @@ impl Layers<'_> {
                 return Ok(Some((text, Source::File(path.clone()))));
             }
         }
-        if let Some((path, values)) = &self.cerebrium {
-            if let Some((_, theirs, value)) = values.iter().find(|(ours, _, _)| *ours == key) {
-                return Ok(Some((
-                    value.clone(),
-                    Source::Cerebrium(path.clone(), theirs),
-                )));
+        if let Some(cerebrium) = &self.cerebrium {
+            if let Some(value) = cerebrium.values.iter().find(|value| value.ours == key) {
+                let source = Source::Cerebrium(cerebrium.path.clone(), value.theirs);
+                return Ok(Some((value.text.clone(), source)));
             }
         }
         Ok(None)
@@ -562,7 +560,21 @@ fn read_config_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> 
     Ok((path.to_path_buf(), table))
 }
 
-/// What lameduck takes from a cerebrium.toml: (our key, their key, value).
+/// What lameduck took from a cerebrium.toml.
+struct Cerebrium {
+    path: PathBuf,
+    values: Vec<CerebriumValue>,
+}
+
+struct CerebriumValue {
+    /// lameduck's option.
+    ours: &'static str,
+    /// Cerebrium's key.
+    theirs: &'static str,
+    text: String,
+}
+
+/// What lameduck takes from a cerebrium.toml: (section, Cerebrium's key, lameduck's option).
 const CEREBRIUM_KEYS: [(&str, &str, &str); 5] = [
     ("runtime.custom", "port", "port"),
     ("runtime.custom", "readycheck_endpoint", "ready_path"),
@@ -571,10 +583,7 @@ const CEREBRIUM_KEYS: [(&str, &str, &str); 5] = [
     ("scaling", "replica_concurrency", "max_concurrency"),
 ];
 
-#[allow(clippy::type_complexity)]
-fn read_cerebrium(
-    path: &Path,
-) -> Result<(PathBuf, Vec<(&'static str, &'static str, String)>), ConfigError> {
+fn read_cerebrium(path: &Path) -> Result<Cerebrium, ConfigError> {
     let root = read_toml(path, "cerebrium file")?;
     let mut values = Vec::new();
     for (section, theirs, ours) in CEREBRIUM_KEYS {
@@ -592,10 +601,13 @@ fn read_cerebrium(
         })?;
         // Cerebrium writes "" for an endpoint it does not use.
         if !text.is_empty() {
-            values.push((ours, theirs, text));
+            values.push(CerebriumValue { ours, theirs, text });
         }
     }
-    Ok((path.to_path_buf(), values))
+    Ok(Cerebrium {
+        path: path.to_path_buf(),
+        values,
+    })
 }
 
 fn table_at<'t>(root: &'t toml::Table, dotted: &str) -> Option<&'t toml::Table> {
