@@ -134,7 +134,7 @@ struct Metrics {
     state: Arc<State>,
     /// Responses by status code, indexed by `code - 100`.
     by_status: Box<[AtomicU64]>,
-    /// Cumulative counts per bucket of `BUCKETS`, plus +Inf.
+    /// Counts per bucket of `BUCKETS` (not cumulative), plus +Inf.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_micros: AtomicU64,
     cut: AtomicU64,
@@ -203,17 +203,15 @@ impl prometheus_client::collector::Collector for Metrics {
             }
         }
 
-        let mut cumulative = 0;
+        // Per-bucket counts: the encoder makes them cumulative.
         let buckets: Vec<(f64, u64)> = BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
             .zip(&self.buckets)
-            .map(|(le, count)| {
-                cumulative += count.load(Relaxed);
-                (le, cumulative)
-            })
+            .map(|(le, count)| (le, count.load(Relaxed)))
             .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.duration_sum_micros.load(Relaxed) as f64 / 1e6;
         encoder
             .encode_descriptor(
@@ -223,7 +221,7 @@ impl prometheus_client::collector::Collector for Metrics {
                 MetricType::Histogram,
             )?
             .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum, cumulative, &buckets, None,
+                sum, count, &buckets, None,
             )?;
 
         let current = self.state.phase();

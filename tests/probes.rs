@@ -74,11 +74,7 @@ async fn probe_paths_are_configurable_and_the_defaults_then_reach_the_backend() 
         .args(&["--ready-path", "/_ld/ready"])
         .env("LAMEDUCK_HEALTH_PATH", "/_ld/health")
         .spawn();
-    let start = std::time::Instant::now();
-    while get(ld.port, "/_ld/ready").await.map(|r| r.status) != Ok(StatusCode::OK) {
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", ld.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ld.wait_ready_at("/_ld/ready").await;
     assert_eq!(
         get(ld.port, "/_ld/health").await.unwrap().status,
         StatusCode::OK

@@ -9,16 +9,19 @@
 //! - `BACKEND_DELAY_MS`: wait this long before binding.
 //! - `BACKEND_ON_TERM=ignore`: ignore SIGTERM (only SIGKILL stops it).
 //! - `BACKEND_SIGNAL_LOG=FILE`: append the name of every SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH received.
+//! - `BACKEND_READY_AFTER_MS`: `/readyz` answers 503 until this long after start, then 200.
+//! - `BACKEND_UNHEALTHY_FILE=FILE`: `/healthz` answers 500 while this file exists.
 //!
 //! Routes: `/hello`, `/slow?ms=N`, `/sse?n=N&ms=M`, `/echo`, `/count`, `/download?bytes=N`,
-//! `/headers`, `/upgrade`, `/spawn`, `/exit?code=N`, `/pid`, `/status?code=N`.
+//! `/headers`, `/upgrade`, `/spawn`, `/exit?code=N`, `/pid`, `/status?code=N`, `/readyz`,
+//! `/healthz`.
 
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -32,8 +35,11 @@ use tokio::sync::mpsc;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
 #[tokio::main]
 async fn main() {
+    STARTED.get_or_init(Instant::now);
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -117,6 +123,24 @@ fn tokio_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item
 async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/hello" => ok("hello"),
+        "/readyz" => {
+            let after = std::env::var("BACKEND_READY_AFTER_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let started = STARTED.get().expect("set at start");
+            if started.elapsed() >= Duration::from_millis(after) {
+                ok("ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "loading")
+            }
+        }
+        "/healthz" => match std::env::var_os("BACKEND_UNHEALTHY_FILE") {
+            Some(path) if std::path::Path::new(&path).exists() => {
+                text(StatusCode::INTERNAL_SERVER_ERROR, "unhealthy")
+            }
+            _ => ok("healthy"),
+        },
         "/pid" => ok(std::process::id().to_string()),
         "/status" => text(
             StatusCode::from_u16(param(&req, "code").unwrap_or(200) as u16)

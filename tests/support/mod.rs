@@ -17,6 +17,14 @@ use hyper_util::rt::TokioIo;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// A fresh, empty directory for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lameduck-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -50,6 +58,9 @@ pub struct Builder {
     envs: Vec<(String, String)>,
     backend: Option<Vec<String>>,
     upstream_port: u16,
+    /// `None`: pass `--port` with a free port. `Some(port)`: the configuration sets this port.
+    configured_port: Option<u16>,
+    dir: Option<PathBuf>,
 }
 
 impl Builder {
@@ -60,6 +71,8 @@ impl Builder {
             envs: Vec::new(),
             backend: Some(vec![backend_path().to_string_lossy().into_owned()]),
             upstream_port: free_port(),
+            configured_port: None,
+            dir: None,
         }
     }
 
@@ -70,6 +83,8 @@ impl Builder {
             envs: Vec::new(),
             backend: None,
             upstream_port,
+            configured_port: None,
+            dir: None,
         }
     }
 
@@ -91,18 +106,36 @@ impl Builder {
         self
     }
 
+    /// The configuration (a file, cerebrium.toml) sets the public port: do not pass `--port`.
+    pub fn port_from_config(mut self, port: u16) -> Builder {
+        self.configured_port = Some(port);
+        self
+    }
+
+    /// Run lameduck in this working directory.
+    pub fn current_dir(mut self, dir: &std::path::Path) -> Builder {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn spawn(self) -> Lameduck {
-        let port = free_port();
+        let port = self.configured_port.unwrap_or_else(free_port);
         let log =
             std::env::temp_dir().join(format!("lameduck-test-{}-{port}.log", std::process::id()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lameduck"));
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        if self.configured_port.is_none() {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args([
                 "--upstream",
                 &format!("http://127.0.0.1:{}", self.upstream_port),
             ])
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,9 +173,14 @@ impl Lameduck {
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
+        self.wait_ready_at("/ready").await
+    }
+
+    /// Waits until `path` (lameduck's readiness path) answers 200.
+    pub async fn wait_ready_at(&self, path: &str) {
         let start = Instant::now();
         loop {
-            if let Ok(resp) = get(self.port, "/ready").await {
+            if let Ok(resp) = get(self.port, path).await {
                 if resp.status == StatusCode::OK {
                     return;
                 }

@@ -1,0 +1,228 @@
+//! Admission: the concurrency limit and its queue, holding requests while the backend loads, the
+//! backend's own health, and the quiet end of the drain delay.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use nix::sys::signal::Signal;
+use support::*;
+
+async fn ready_body(ld: &Lameduck) -> (StatusCode, serde_json::Value) {
+    let reply = get(ld.port, "/ready").await.unwrap();
+    (reply.status, serde_json::from_str(&reply.body).unwrap())
+}
+
+async fn wait_active(ld: &Lameduck, n: u64) {
+    let start = Instant::now();
+    while ready_body(ld).await.1["active_requests"] != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never saw {n} active"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn over_the_limit_requests_queue_and_ready_says_at_capacity() {
+    let ld = Builder::with_backend()
+        .args(&["--max-concurrency", "2", "--queue-timeout", "10s"])
+        .spawn();
+    ld.wait_ready().await;
+    let (_, body) = ready_body(&ld).await;
+    assert_eq!(body["max_concurrency"], 2);
+
+    let first = tokio::spawn(get(ld.port, "/slow?ms=1500"));
+    let second = tokio::spawn(get(ld.port, "/slow?ms=1500"));
+    wait_active(&ld, 2).await;
+    let (status, body) = ready_body(&ld).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "at_capacity");
+
+    // The third waits for a slot, then is served.
+    let third = get(ld.port, "/hello").await.unwrap();
+    assert_eq!(
+        (third.status, third.body.as_str()),
+        (StatusCode::OK, "hello")
+    );
+    for request in [first, second] {
+        assert_eq!(request.await.unwrap().unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(ready_body(&ld).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_no_queue_a_request_over_the_limit_gets_503_at_once() {
+    let ld = Builder::with_backend()
+        .args(&["--max-concurrency", "1", "--queue-timeout", "0s"])
+        .spawn();
+    ld.wait_ready().await;
+    let busy = tokio::spawn(get(ld.port, "/slow?ms=5000"));
+    wait_active(&ld, 1).await;
+    let start = Instant::now();
+    let reply = get(ld.port, "/hello").await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body, r#"{"error":"at_capacity"}"#);
+    assert!(reply.header("retry-after").is_some());
+    // "At once": far below the 5 s the slot stays taken.
+    assert!(start.elapsed() < Duration::from_secs(3));
+    busy.abort();
+}
+
+#[tokio::test]
+async fn queued_requests_count_as_in_flight_during_the_drain() {
+    let mut ld = Builder::with_backend()
+        .args(&["--max-concurrency", "1", "--queue-timeout", "20s"])
+        .args(&["--metrics-path", "/metrics"])
+        .spawn();
+    ld.wait_ready().await;
+    let running = tokio::spawn(get(ld.port, "/slow?ms=1500"));
+    wait_active(&ld, 1).await;
+    let queued = tokio::spawn(get(ld.port, "/slow?ms=500"));
+    let start = Instant::now();
+    while !get(ld.port, "/metrics")
+        .await
+        .unwrap()
+        .body
+        .contains("lameduck_requests_queued 1\n")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the request never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ld.signal(Signal::SIGTERM);
+    for request in [running, queued] {
+        let reply = request.await.unwrap().unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn with_a_backend_ready_path_requests_are_held_until_it_answers_2xx() {
+    // The backend accepts connections at once, but its /readyz says "loading" for 1.5 s.
+    let ld = Builder::with_backend()
+        .env("BACKEND_READY_AFTER_MS", "1500")
+        .args(&["--backend-ready-path", "/readyz"])
+        .spawn();
+    let reply = loop {
+        if let Ok(reply) = get(ld.port, "/ready").await {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        (reply.status, body["status"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("starting"))
+    );
+    // Forwarded early, this would be the backend's 503 "loading".
+    let held = get(ld.port, "/readyz").await.unwrap();
+    assert_eq!((held.status, held.body.as_str()), (StatusCode::OK, "ready"));
+}
+
+#[tokio::test]
+async fn a_backend_that_never_comes_up_is_stopped_and_lameduck_exits_1() {
+    let mut ld = Builder::with_backend()
+        .env("BACKEND_DELAY_MS", "60000")
+        .args(&["--startup-timeout", "1s"])
+        .spawn();
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        1,
+        "{}",
+        ld.log()
+    );
+    assert!(ld.log().contains("did not start in time"), "{}", ld.log());
+}
+
+#[tokio::test]
+async fn the_backends_health_folds_into_health_but_never_fails_the_drain() {
+    let dir = temp_dir("backend-health");
+    let flag = dir.join("unhealthy");
+    let mut ld = Builder::with_backend()
+        .env("BACKEND_UNHEALTHY_FILE", flag.to_str().unwrap())
+        .args(&["--backend-health-path", "/healthz"])
+        .spawn();
+    ld.wait_ready().await;
+    assert_eq!(
+        get(ld.port, "/health").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    let start = Instant::now();
+    let reply = loop {
+        let reply = get(ld.port, "/health").await.unwrap();
+        if reply.status != StatusCode::OK {
+            break reply;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "/health never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["status"], "unhealthy");
+    assert!(
+        body["reason"].as_str().unwrap().contains("/healthz"),
+        "{body}"
+    );
+
+    // Draining, the replica stays live whatever the backend's health says.
+    let slow = tokio::spawn(get(ld.port, "/slow?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ld.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get(ld.port, "/health").await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(slow.await.unwrap().unwrap().status, StatusCode::OK);
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+}
+
+#[tokio::test]
+async fn drain_quiet_ends_the_drain_delay_once_traffic_stops() {
+    let mut ld = Builder::with_backend()
+        .args(&[
+            "--drain-delay",
+            "60s",
+            "--drain-quiet",
+            "500ms",
+            "--grace-period",
+            "90s",
+        ])
+        .spawn();
+    ld.wait_ready().await;
+    ld.signal(Signal::SIGTERM);
+    // Requests during the delay are proxied and push the quiet end back.
+    for _ in 0..3 {
+        let reply = get(ld.port, "/hello").await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ld.wait_exit(Duration::from_secs(15)).await,
+        0,
+        "{}",
+        ld.log()
+    );
+    assert!(ld.log().contains("quiet"), "{}", ld.log());
+}

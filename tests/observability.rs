@@ -1,0 +1,143 @@
+//! Metrics, JSON logs and the access log.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::StatusCode;
+use nix::sys::signal::Signal;
+use support::*;
+
+/// Parses the Prometheus text format strictly enough to catch a malformed exposition:
+/// `# HELP`/`# TYPE`/`# UNIT`/`# EOF` comments, then `name{labels} value` samples.
+fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let kind = comment.split(' ').next().unwrap();
+            assert!(
+                ["HELP", "TYPE", "UNIT", "EOF"].contains(&kind),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels: {line}");
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_report_in_flight_requests_by_status_durations_and_phase() {
+    let ld = Builder::with_backend()
+        .args(&["--metrics-path", "/metrics"])
+        .spawn();
+    ld.wait_ready().await;
+    for _ in 0..3 {
+        assert_eq!(get(ld.port, "/hello").await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(
+        get(ld.port, "/nope").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+    let slow = tokio::spawn(get(ld.port, "/slow?ms=1000"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let reply = get(ld.port, "/metrics").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply.header("content-type").unwrap().contains("text"),
+        "{reply:?}"
+    );
+    let samples = parse_prometheus(&reply.body);
+    assert_eq!(
+        samples["lameduck_requests_in_flight"], 1.0,
+        "{}",
+        reply.body
+    );
+    assert_eq!(samples["lameduck_requests_queued"], 0.0);
+    assert_eq!(
+        samples[r#"lameduck_requests_total{code="200"}"#], 3.0,
+        "{}",
+        reply.body
+    );
+    assert_eq!(samples[r#"lameduck_requests_total{code="404"}"#], 1.0);
+    assert_eq!(samples["lameduck_request_duration_seconds_count"], 4.0);
+    assert_eq!(
+        samples[r#"lameduck_request_duration_seconds_bucket{le="+Inf"}"#],
+        4.0
+    );
+    assert_eq!(samples[r#"lameduck_phase{phase="ready"}"#], 1.0);
+    assert_eq!(samples[r#"lameduck_phase{phase="draining"}"#], 0.0);
+    assert_eq!(samples["lameduck_requests_cut_total"], 0.0);
+    assert_eq!(slow.await.unwrap().unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_the_access_log_has_each_request() {
+    let mut ld = Builder::with_backend()
+        .args(&["--log-format", "json", "--access-log"])
+        .spawn();
+    ld.wait_ready().await;
+    assert_eq!(get(ld.port, "/hello?x=1").await.unwrap().body, "hello");
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+
+    let log = ld.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "drained: no request in flight"),
+        "{log}"
+    );
+    let access = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["path"] == "/hello")
+        .unwrap_or_else(|| panic!("no access line in {log}"));
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["bytes"], 5);
+    assert!(access["duration_ms"].as_f64().is_some(), "{access}");
+    // Probes stay out of the access log.
+    assert!(!lines.iter().any(|l| l["path"] == "/ready"), "{log}");
+}
+
+#[tokio::test]
+async fn log_level_quiets_lameduck_and_rust_log_is_honoured() {
+    let mut ld = Builder::with_backend()
+        .args(&["--log-level", "warn"])
+        .spawn();
+    ld.wait_ready().await;
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    assert!(!ld.log().contains("INFO"), "{}", ld.log());
+
+    let mut ld = Builder::with_backend().env("RUST_LOG", "debug").spawn();
+    ld.wait_ready().await;
+    get(ld.port, "/hello").await.unwrap();
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    assert!(ld.log().contains("DEBUG"), "{}", ld.log());
+}
