@@ -42,6 +42,10 @@ struct Args {
     #[arg(long, env = "LAMEDUCK_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
 
+    /// How to talk to the backend: http1, or http2 (h2c, for gRPC) [default: http1]
+    #[arg(long, env = "LAMEDUCK_UPSTREAM_PROTOCOL", value_name = "PROTOCOL")]
+    upstream_protocol: Option<String>,
+
     /// Time from SIGTERM to the platform's SIGKILL [default: 30s]
     #[arg(long, env = "LAMEDUCK_GRACE_PERIOD", value_name = "DURATION")]
     grace_period: Option<String>,
@@ -65,6 +69,10 @@ struct Args {
     /// Liveness endpoint answered by lameduck [default: /health]
     #[arg(long, env = "LAMEDUCK_HEALTH_PATH", value_name = "PATH")]
     health_path: Option<String>,
+
+    /// At the drain deadline, end event streams with a server_restarting event: on or off [default: on]
+    #[arg(long, env = "LAMEDUCK_SSE_SHUTDOWN_EVENT", value_name = "on|off")]
+    sse_shutdown_event: Option<String>,
 
     /// Proxied requests in flight at most; 0 for no limit [default: 0]
     #[arg(long, env = "LAMEDUCK_MAX_CONCURRENCY", value_name = "N")]
@@ -125,12 +133,15 @@ struct Args {
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
+    pub upstream_protocol: Protocol,
     pub grace_period: Duration,
     pub drain_delay: Duration,
     pub drain_quiet: Option<Duration>,
     pub child_stop_timeout: Duration,
     pub ready_path: String,
     pub health_path: String,
+    /// At the drain deadline, end `text/event-stream` responses with a `server_restarting` event.
+    pub sse_shutdown_event: bool,
     /// 0: no limit.
     pub max_concurrency: usize,
     pub queue_timeout: Duration,
@@ -152,6 +163,14 @@ pub struct LogConfig {
     /// An `EnvFilter` directive: a level such as `info`, or `RUST_LOG` syntax.
     pub filter: String,
     pub access_log: bool,
+}
+
+/// How lameduck talks to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 over cleartext (h2c, prior knowledge): gRPC backends.
+    Http2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,12 +276,18 @@ impl Config {
                 .map_err(|_| "expected an IP address such as 0.0.0.0 or ::".to_string())
         })?;
         let upstream = layers.required("upstream", "http://127.0.0.1:8080", parse_upstream)?;
+        let upstream_protocol = layers.required("upstream_protocol", "http1", |v| match v {
+            "http1" => Ok(Protocol::Http1),
+            "http2" => Ok(Protocol::Http2),
+            _ => Err("expected http1 or http2".to_string()),
+        })?;
         let grace_period = layers.required("grace_period", "30s", parse_duration)?;
         let drain_delay = layers.required("drain_delay", "0s", parse_duration)?;
         let drain_quiet = layers.optional("drain_quiet", parse_duration)?;
         let child_stop_timeout = layers.required("child_stop_timeout", "5s", parse_duration)?;
         let ready_path = layers.required("ready_path", "/ready", parse_path)?;
         let health_path = layers.required("health_path", "/health", parse_path)?;
+        let sse_shutdown_event = layers.required("sse_shutdown_event", "on", parse_bool)?;
         let max_concurrency = layers.required("max_concurrency", "0", |v| {
             v.parse::<usize>()
                 .map_err(|_| "expected a whole number (0 for no limit)".to_string())
@@ -307,12 +332,14 @@ impl Config {
         Ok(Config {
             listen: SocketAddr::new(bind, port),
             upstream,
+            upstream_protocol,
             grace_period,
             drain_delay,
             drain_quiet,
             child_stop_timeout,
             ready_path,
             health_path,
+            sse_shutdown_event,
             max_concurrency,
             queue_timeout,
             backend_ready_path,
@@ -786,6 +813,8 @@ mod tests {
         assert_eq!(config.ready_path, "/ready");
         assert_eq!(config.health_path, "/health");
         assert_eq!(config.max_concurrency, 0);
+        assert_eq!(config.upstream_protocol, Protocol::Http1);
+        assert!(config.sse_shutdown_event);
         assert_eq!(config.queue_timeout, Duration::from_secs(30));
         assert_eq!(config.startup_timeout, Duration::from_secs(600));
         assert_eq!(config.log.format, LogFormat::Text);

@@ -21,6 +21,8 @@
 //! - [`child`]: spawn the backend in its own process group, forward signals, stop it, reap.
 //! - [`readiness`]: the shared phase, in-flight counting, and the `/ready` and `/health` answers.
 //! - [`proxy`]: the request path: local endpoints, forwarding, header rules, error responses.
+//! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
+//! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
 //! - [`server`]: the accept loop and each connection's graceful close.
 //! - [`backend`]: probing the backend: is it up, is it healthy.
 //! - [`telemetry`]: Prometheus metrics and the access log.
@@ -28,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod body;
 pub mod child;
 pub mod config;
 pub mod lifecycle;
@@ -36,3 +39,4 @@ pub mod readiness;
 pub mod server;
 pub mod signals;
 pub mod telemetry;
+pub mod tunnel;

@@ -26,6 +26,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 const READY_PATH_INTERVAL: Duration = Duration::from_millis(100);
 /// After the last response, how long finished connections get to flush before the child stops.
 const FLUSH_LINGER: Duration = Duration::from_millis(500);
+/// At the cut, how long requests get to end gracefully (close frames, final events, trailers,
+/// 503s) and flush, taken from the exit margin.
+const CUT_GRACE: Duration = Duration::from_millis(500);
 
 /// Exit statuses (SPEC §4).
 pub mod exit {
@@ -241,8 +244,8 @@ impl Lifecycle {
                 }
                 () = sleep_until(deadline) => {
                     let cut = self.state.in_flight();
-                    warn!(cut, after = ?shutdown.elapsed(), "drain deadline reached; cutting requests still in flight");
-                    self.telemetry.record_cut(cut);
+                    warn!(cut, after = ?shutdown.elapsed(), "drain deadline reached; ending requests still in flight");
+                    self.cut(cut).await;
                     return Ok(cut);
                 }
                 event = self.next_event() => stop = self.on_event_while_draining(event)?,
@@ -250,10 +253,28 @@ impl Lifecycle {
         }
         let cut = self.state.in_flight();
         if cut > 0 {
-            warn!(cut, "fast stop; cutting requests still in flight");
-            self.telemetry.record_cut(cut);
+            warn!(cut, "fast stop; ending requests still in flight");
+            self.cut(cut).await;
         }
         Ok(cut)
+    }
+
+    /// Ends every request still in flight, each as gracefully as its kind allows (see
+    /// [`crate::body`] and [`crate::tunnel`]), and gives the endings a moment to reach clients.
+    async fn cut(&self, in_flight: usize) {
+        self.telemetry.record_cut(in_flight);
+        self.state.cut();
+        let grace = Instant::now() + CUT_GRACE;
+        let ended = tokio::time::timeout_at(grace, self.state.wait_idle()).await;
+        self.state.set_phase(Phase::Stopping);
+        let _ = tokio::time::timeout_at(grace, self.state.wait_connections_closed()).await;
+        info!(
+            cut = in_flight,
+            still_open = self.state.in_flight(),
+            endings = %self.state.endings(),
+            all_ended = ended.is_ok(),
+            "requests in flight ended"
+        );
     }
 
     fn on_event_while_draining(&self, event: Event) -> Result<Stop, ExitStatus> {

@@ -5,25 +5,24 @@ use std::convert::Infallible;
 use std::error::Error as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
-use crate::config::Config;
-use crate::readiness::{Admission, InFlight, State};
-use crate::telemetry::{Observation, Telemetry};
+use crate::body::{Announced, ResponseBody};
+use crate::config::{Config, Protocol};
+use crate::readiness::{Admission, Ending, InFlight, State};
+use crate::telemetry::Telemetry;
+use crate::tunnel;
 
 /// Idle upstream connections are dropped before typical backends (Node, uvicorn: 5 s) would close
 /// them, so a request is never written onto a connection the backend is closing.
@@ -41,6 +40,8 @@ pub struct Proxy {
     ready_path: String,
     health_path: String,
     metrics_path: Option<String>,
+    upstream_version: Version,
+    sse_shutdown_event: bool,
     startup_timeout: Duration,
     queue_timeout: Duration,
 }
@@ -50,10 +51,18 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
+        let mut client = Client::builder(TokioExecutor::new());
+        client
             .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+            .pool_timer(hyper_util::rt::TokioTimer::new());
+        let upstream_version = match config.upstream_protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::Http2 => {
+                client.http2_only(true);
+                Version::HTTP_2
+            }
+        };
+        let client = client.build(connector);
         Proxy {
             state,
             telemetry,
@@ -62,6 +71,8 @@ impl Proxy {
             ready_path: config.ready_path.clone(),
             health_path: config.health_path.clone(),
             metrics_path: config.metrics_path.clone(),
+            upstream_version,
+            sse_shutdown_event: config.sse_shutdown_event,
             startup_timeout: config.startup_timeout,
             queue_timeout: config.queue_timeout,
         }
@@ -111,12 +122,15 @@ impl Proxy {
             }
             Admission::Refused => return shutting_down(),
         };
-        if self
-            .state
-            .take_slot(&mut in_flight, self.queue_timeout)
-            .await
-            .is_err()
-        {
+        let slot = tokio::select! {
+            biased;
+            slot = self.state.take_slot(&mut in_flight, self.queue_timeout) => slot,
+            () = self.state.cut_signal() => {
+                self.state.count_ending(Ending::Refused);
+                return shutting_down();
+            }
+        };
+        if slot.is_err() {
             return refused(r#"{"error":"at_capacity"}"#);
         }
         self.forward(req, remote, in_flight).await
@@ -130,6 +144,7 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let client_http2 = req.version() == Version::HTTP_2;
 
         let (mut parts, body) = req.into_parts();
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -138,7 +153,7 @@ impl Proxy {
             HeaderValue::from_str(authority.as_str()).ok()
         });
         parts.uri = self.upstream_uri(&parts.uri);
-        parts.version = Version::HTTP_11;
+        parts.version = self.upstream_version;
         remove_hop_by_hop(&mut parts.headers);
         if let Some(host) = &host {
             if !parts.headers.contains_key(header::HOST) {
@@ -151,15 +166,30 @@ impl Proxy {
         add_forwarded(&mut parts.headers, remote, host.as_ref());
         debug!(method = %parts.method, uri = %parts.uri, "forwarding");
 
-        let mut resp = match self.client.request(Request::from_parts(parts, body)).await {
+        let sent = tokio::select! {
+            biased;
+            sent = self.client.request(Request::from_parts(parts, body)) => sent,
+            // The drain deadline came before the backend answered: the client may retry.
+            () = self.state.cut_signal() => {
+                in_flight.count_ending(Ending::Refused);
+                return shutting_down();
+            }
+        };
+        let mut resp = match sent {
             Ok(resp) => resp,
             Err(err) => return bad_gateway(&err),
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
+            if let (Some(client_upgrade), Some(asked)) = (client_upgrade, &upgrade) {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
+                let websocket = asked.as_bytes().eq_ignore_ascii_case(b"websocket");
+                tokio::spawn(tunnel::run(
+                    client_upgrade,
+                    backend_upgrade,
+                    websocket,
+                    in_flight,
+                ));
                 let protocol = upgrade_protocol(resp.headers());
                 let (mut parts, _) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
@@ -172,7 +202,9 @@ impl Proxy {
 
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, ResponseBody::proxied(body, in_flight))
+        let announced = Announced::from_headers(&parts.headers, client_http2);
+        let body = ResponseBody::proxied(body, in_flight, announced, self.sse_shutdown_event);
+        Response::from_parts(parts, body)
     }
 
     fn upstream_uri(&self, original: &Uri) -> Uri {
@@ -188,29 +220,6 @@ impl Proxy {
         // Cannot fail: scheme, authority and path were each valid on their own.
         Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
     }
-}
-
-/// Copies bytes both ways between an upgraded client and backend connection, keeping the request
-/// counted in flight until either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    in_flight: InFlight,
-) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
-        Err(err) => {
-            warn!(error = %err, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
-    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
-        Err(err) => debug!(error = %err, "upgraded connection ended"),
-    }
-    drop(in_flight);
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -381,97 +390,6 @@ fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// The body of every response lameduck sends: its own small JSON answers, or the backend's body
-/// streamed frame by frame, holding the request's in-flight count until the last frame.
-#[derive(Debug)]
-pub struct ResponseBody {
-    kind: Kind,
-    /// Metrics and access log for this request, when on; recorded when the body ends.
-    observation: Option<Observation>,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Local(Option<Bytes>),
-    Proxied {
-        body: Incoming,
-        in_flight: Option<InFlight>,
-    },
-}
-
-impl ResponseBody {
-    fn new(kind: Kind) -> ResponseBody {
-        ResponseBody {
-            kind,
-            observation: None,
-        }
-    }
-
-    fn local(bytes: Bytes) -> ResponseBody {
-        ResponseBody::new(Kind::Local(Some(bytes)))
-    }
-
-    fn empty() -> ResponseBody {
-        ResponseBody::new(Kind::Local(None))
-    }
-
-    fn proxied(body: Incoming, in_flight: InFlight) -> ResponseBody {
-        ResponseBody::new(Kind::Proxied {
-            body,
-            in_flight: Some(in_flight),
-        })
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = match &mut this.kind {
-            Kind::Local(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Proxied { body, in_flight } => {
-                let frame = Pin::new(body).poll_frame(cx);
-                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-                    // The response is complete (or broken): it no longer counts as in flight.
-                    in_flight.take();
-                }
-                frame
-            }
-        };
-        if let Some(observation) = &mut this.observation {
-            match &frame {
-                Poll::Ready(Some(Ok(frame))) => {
-                    observation.add_bytes(frame.data_ref().map_or(0, |data| data.len()));
-                }
-                Poll::Ready(_) => this.observation = None,
-                Poll::Pending => {}
-            }
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Local(bytes) => bytes.is_none(),
-            Kind::Proxied { body, .. } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Local(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            Kind::Proxied { body, .. } => body.size_hint(),
-        }
-    }
 }
 
 #[cfg(test)]

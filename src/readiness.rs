@@ -5,13 +5,17 @@
 //! request is one atomic increment and decrement; the notification that wakes the lifecycle is
 //! only sent once shutdown has begun, so the hot path never takes a lock.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
 };
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -89,6 +93,11 @@ pub struct State {
     last_arrival_ms: AtomicU64,
     epoch: Instant,
     child_death: OnceLock<String>,
+    /// Set at the drain deadline (or a fast stop): every request still in flight ends now, each
+    /// as gracefully as its kind allows.
+    cut: AtomicBool,
+    cut_notify: Arc<Notify>,
+    endings: [AtomicUsize; Ending::COUNT],
     /// Why the backend's own health check fails, if it does.
     backend_unhealthy: AtomicBool,
     backend_health_reason: Mutex<String>,
@@ -123,6 +132,9 @@ impl State {
             last_arrival_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             child_death: OnceLock::new(),
+            cut: AtomicBool::new(false),
+            cut_notify: Arc::new(Notify::new()),
+            endings: Default::default(),
             backend_unhealthy: AtomicBool::new(false),
             backend_health_reason: Mutex::new(String::new()),
         })
@@ -150,6 +162,7 @@ impl State {
         let guard = InFlight {
             state: Arc::clone(self),
             slot: None,
+            cut: None,
         };
         match self.phase() {
             Phase::Starting => Admission::AfterStartup(guard),
@@ -234,6 +247,47 @@ impl State {
         self.connections.wait_zero().await
     }
 
+    /// Cuts every request still in flight: each ends as gracefully as its kind allows.
+    pub fn cut(&self) {
+        self.cut.store(true, SeqCst);
+        self.cut_notify.notify_waiters();
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(SeqCst)
+    }
+
+    /// Resolves once [`State::cut`] has been called.
+    pub async fn cut_signal(&self) {
+        let notified = self.cut_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_cut() {
+            return;
+        }
+        notified.await
+    }
+
+    /// Counts how one request in flight at the cut ended.
+    pub fn count_ending(&self, ending: Ending) {
+        self.endings[ending as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How the requests cut so far ended, for the final log line.
+    pub fn endings(&self) -> String {
+        Ending::ALL
+            .iter()
+            .map(|ending| {
+                format!(
+                    "{}={}",
+                    ending.name(),
+                    self.endings[*ending as usize].load(Relaxed)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Records that the child has died; `/health` and `/ready` fail from now on.
     pub fn child_died(&self, reason: String) {
         let _ = self.child_death.set(reason);
@@ -313,6 +367,42 @@ impl State {
     }
 }
 
+/// How a request in flight at the cut was ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An event stream closed after its last complete event (and the `server_restarting` event).
+    SseEnded,
+    /// A WebSocket sent close frames 1001 both ways.
+    WebSocketClosed,
+    /// A gRPC response ended with `grpc-status: 14`.
+    GrpcUnavailable,
+    /// A request whose response had not started got 503.
+    Refused,
+    /// Anything else: the body or tunnel was cut off.
+    Torn,
+}
+
+impl Ending {
+    const COUNT: usize = 5;
+    const ALL: [Ending; Ending::COUNT] = [
+        Ending::SseEnded,
+        Ending::WebSocketClosed,
+        Ending::GrpcUnavailable,
+        Ending::Refused,
+        Ending::Torn,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Ending::SseEnded => "sse_ended",
+            Ending::WebSocketClosed => "websockets_closed",
+            Ending::GrpcUnavailable => "grpc_unavailable",
+            Ending::Refused => "refused",
+            Ending::Torn => "torn",
+        }
+    }
+}
+
 /// A count with a way to wait for it to reach zero.
 #[derive(Debug, Default)]
 struct Gauge {
@@ -346,6 +436,38 @@ impl Gauge {
 pub struct InFlight {
     state: Arc<State>,
     slot: Option<OwnedSemaphorePermit>,
+    /// Registered for the cut only once the response first waits, so responses that never wait
+    /// cost nothing.
+    cut: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl InFlight {
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.state.is_cut()
+    }
+
+    /// Ready once the cut has come; registers for a wake-up otherwise.
+    pub fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let notified = self.cut.get_or_insert_with(|| {
+            let mut notified = Box::pin(Arc::clone(&self.state.cut_notify).notified_owned());
+            // Register before checking the flag, so a cut in between still wakes us.
+            notified.as_mut().enable();
+            notified
+        });
+        if self.state.is_cut() {
+            return Poll::Ready(());
+        }
+        notified.as_mut().poll(cx)
+    }
+
+    /// Counts how this request ended at the cut.
+    pub fn count_ending(&self, ending: Ending) {
+        self.state.count_ending(ending);
+    }
 }
 
 impl Drop for InFlight {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::StatusCode;
+use http::{StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -77,8 +77,11 @@ async fn connection(
             let proxy = Arc::clone(&proxy);
             let state = Arc::clone(&state);
             async move {
+                // HTTP/2 has no Connection header: its connections end with GOAWAY.
+                let http1 = req.version() < Version::HTTP_2;
                 let mut resp = proxy.handle(req, remote).await?;
-                if state.phase().is_shutting_down()
+                if http1
+                    && state.phase().is_shutting_down()
                     && resp.status() != StatusCode::SWITCHING_PROTOCOLS
                 {
                     resp.headers_mut()

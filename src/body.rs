@@ -1,0 +1,450 @@
+//! The body of every response lameduck sends, and how each kind of response ends when the drain
+//! deadline cuts it:
+//!
+//! - `text/event-stream`: only complete events are forwarded (a partial event's bytes wait for
+//!   the rest), so at the cut the stream ends cleanly after its last complete event, with an
+//!   `event: error` / `server_restarting` event first unless `--sse-shutdown-event off`;
+//! - gRPC over HTTP/2: once the message being forwarded is complete, trailers with
+//!   `grpc-status: 14` (UNAVAILABLE) end the call;
+//! - anything else is cut off (an error, so the client sees a truncated body, never a short one
+//!   that looks complete).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::readiness::{Ending, InFlight};
+use crate::telemetry::Observation;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sent to event-stream clients when the deadline ends their stream: reconnect and resume.
+pub const SSE_SHUTDOWN_EVENT: &[u8] =
+    b"event: error\ndata: {\"error\":\"server_restarting\",\"resume\":true}\n\n";
+
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: Kind,
+    /// Metrics and access log for this request, when on; recorded when the body ends.
+    pub(crate) observation: Option<Observation>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Local(Option<Bytes>),
+    Proxied(Proxied),
+}
+
+/// A backend's response body, streamed frame by frame.
+#[derive(Debug)]
+struct Proxied {
+    body: Incoming,
+    /// Holds the request's in-flight count (and concurrency slot) until the last frame.
+    in_flight: Option<InFlight>,
+    shape: Shape,
+    /// The cut has come; the shape is ending the response.
+    cutting: bool,
+}
+
+/// What the response carries, which decides how it can end early.
+#[derive(Debug)]
+enum Shape {
+    Plain,
+    /// Server-sent events; `held` is a partial event waiting for its end.
+    EventStream {
+        held: BytesMut,
+        shutdown_event: bool,
+    },
+    Grpc(GrpcMessages),
+}
+
+/// What kind of response a backend's head announces.
+#[derive(Debug, Clone, Copy)]
+pub struct Announced {
+    event_stream: bool,
+    grpc: bool,
+}
+
+impl Announced {
+    /// `trailers_ok`: the client speaks HTTP/2, so a gRPC status can reach it as trailers.
+    pub fn from_headers(headers: &HeaderMap, trailers_ok: bool) -> Announced {
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        let starts = |prefix: &[u8]| {
+            content_type.len() >= prefix.len()
+                && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        let grpc =
+            starts(b"application/grpc") && matches!(content_type.get(16), None | Some(b'+' | b';'));
+        Announced {
+            event_stream: starts(b"text/event-stream"),
+            grpc: grpc && trailers_ok,
+        }
+    }
+}
+
+impl ResponseBody {
+    fn new(kind: Kind) -> ResponseBody {
+        ResponseBody {
+            kind,
+            observation: None,
+        }
+    }
+
+    pub fn local(bytes: Bytes) -> ResponseBody {
+        ResponseBody::new(Kind::Local(Some(bytes)))
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::new(Kind::Local(None))
+    }
+
+    pub fn proxied(
+        body: Incoming,
+        in_flight: InFlight,
+        announced: Announced,
+        sse_shutdown_event: bool,
+    ) -> ResponseBody {
+        let shape = if announced.event_stream {
+            Shape::EventStream {
+                held: BytesMut::new(),
+                shutdown_event: sse_shutdown_event,
+            }
+        } else if announced.grpc {
+            Shape::Grpc(GrpcMessages::default())
+        } else {
+            Shape::Plain
+        };
+        ResponseBody::new(Kind::Proxied(Proxied {
+            body,
+            in_flight: Some(in_flight),
+            shape,
+            cutting: false,
+        }))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.kind {
+            Kind::Local(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Proxied(proxied) => proxied.poll_frame(cx),
+        };
+        if let Some(observation) = &mut this.observation {
+            match &frame {
+                Poll::Ready(Some(Ok(frame))) => {
+                    observation.add_bytes(frame.data_ref().map_or(0, Bytes::len));
+                }
+                Poll::Ready(_) => this.observation = None,
+                Poll::Pending => {}
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(bytes) => bytes.is_none(),
+            Kind::Proxied(proxied) => proxied.in_flight.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Proxied(proxied) => match proxied.shape {
+                Shape::Plain => proxied.body.size_hint(),
+                // Held-back bytes and a shutdown event make the length unknowable.
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+impl Proxied {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(in_flight) = &self.in_flight else {
+                return Poll::Ready(None);
+            };
+            if !self.cutting && in_flight.is_cut() {
+                self.cutting = true;
+            }
+            if self.cutting {
+                if let Some(end) = self.end_at_cut() {
+                    return Poll::Ready(end);
+                }
+            }
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => {
+                    let cut = match &mut self.in_flight {
+                        Some(in_flight) if !self.cutting => in_flight.poll_cut(cx).is_ready(),
+                        _ => false,
+                    };
+                    if cut {
+                        self.cutting = true;
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    // Complete: it no longer counts as in flight. A partial event held back is
+                    // passed on as the backend left it.
+                    self.in_flight = None;
+                    return Poll::Ready(match &mut self.shape {
+                        Shape::EventStream { held, .. } if !held.is_empty() => {
+                            Some(Ok(Frame::data(held.split().freeze())))
+                        }
+                        _ => None,
+                    });
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    self.in_flight = None;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                // Trailers pass through untouched.
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            };
+            let forward = match &mut self.shape {
+                Shape::Plain => Some(data),
+                Shape::EventStream { held, .. } => complete_events(held, data),
+                Shape::Grpc(messages) if self.cutting => Some(messages.take_to_boundary(data)),
+                Shape::Grpc(messages) => {
+                    messages.advance(&data);
+                    Some(data)
+                }
+            };
+            if let Some(data) = forward.filter(|data| !data.is_empty()) {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+        }
+    }
+
+    /// The end this response takes at the cut, or `None` to keep forwarding (a gRPC message is
+    /// still being completed).
+    fn end_at_cut(&mut self) -> Option<Option<Result<Frame<Bytes>, BoxError>>> {
+        let in_flight = self.in_flight.take()?;
+        let end = match &mut self.shape {
+            Shape::EventStream {
+                held,
+                shutdown_event,
+            } => {
+                held.clear();
+                in_flight.count_ending(Ending::SseEnded);
+                shutdown_event.then(|| Ok(Frame::data(Bytes::from_static(SSE_SHUTDOWN_EVENT))))
+            }
+            Shape::Grpc(messages) if !messages.at_boundary() => {
+                self.in_flight = Some(in_flight);
+                return None;
+            }
+            Shape::Grpc(_) => {
+                in_flight.count_ending(Ending::GrpcUnavailable);
+                Some(Ok(Frame::trailers(grpc_unavailable())))
+            }
+            Shape::Plain => {
+                in_flight.count_ending(Ending::Torn);
+                Some(Err("response cut at the drain deadline".into()))
+            }
+        };
+        Some(end)
+    }
+}
+
+/// Appends `data` to what is held and returns everything up to the end of the last complete
+/// event, holding the rest. Zero-copy when nothing is held and `data` ends on an event boundary.
+fn complete_events(held: &mut BytesMut, data: Bytes) -> Option<Bytes> {
+    if held.is_empty() {
+        let end = last_event_end(&data);
+        if end == data.len() {
+            return Some(data);
+        }
+        held.extend_from_slice(&data[end..]);
+        return Some(data.slice(..end));
+    }
+    held.extend_from_slice(&data);
+    let end = last_event_end(held);
+    Some(held.split_to(end).freeze())
+}
+
+/// The offset just past the last complete event in `buf` (0 if none): an event ends with an
+/// empty line, and lines end with `\n`, `\r\n` or `\r`. `buf` starts at the start of a line.
+fn last_event_end(buf: &[u8]) -> usize {
+    let mut end = 0;
+    let mut line_start = true;
+    let mut i = 0;
+    while i < buf.len() {
+        let terminator = match buf[i] {
+            b'\n' => 1,
+            // A final `\r` may be the first half of `\r\n`: wait for the next byte.
+            b'\r' if i + 1 == buf.len() => break,
+            b'\r' if buf[i + 1] == b'\n' => 2,
+            b'\r' => 1,
+            _ => 0,
+        };
+        if terminator == 0 {
+            line_start = false;
+            i += 1;
+            continue;
+        }
+        i += terminator;
+        if line_start {
+            end = i;
+        }
+        line_start = true;
+    }
+    end
+}
+
+/// Where a gRPC response stands in its length-prefixed messages (1 flag byte, 4 length bytes).
+#[derive(Debug, Default)]
+struct GrpcMessages {
+    prefix: [u8; 5],
+    prefix_len: usize,
+    remaining: u64,
+}
+
+impl GrpcMessages {
+    fn at_boundary(&self) -> bool {
+        self.prefix_len == 0 && self.remaining == 0
+    }
+
+    /// Consumes up to the end of the current prefix or payload; returns the bytes consumed.
+    fn step(&mut self, data: &[u8]) -> usize {
+        if self.remaining > 0 {
+            let n = data
+                .len()
+                .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+            self.remaining -= n as u64;
+            return n;
+        }
+        let n = data.len().min(5 - self.prefix_len);
+        self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+        self.prefix_len += n;
+        if self.prefix_len == 5 {
+            let mut length = &self.prefix[1..];
+            self.remaining = u64::from(length.get_u32());
+            self.prefix_len = 0;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = self.step(data);
+            data = &data[n..];
+        }
+    }
+
+    /// The part of `data` that completes the current message; the rest is dropped (the call is
+    /// ending).
+    fn take_to_boundary(&mut self, data: Bytes) -> Bytes {
+        let mut taken = 0;
+        while taken < data.len() && !self.at_boundary() {
+            taken += self.step(&data[taken..]);
+        }
+        data.slice(..taken)
+    }
+}
+
+fn grpc_unavailable() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("14"));
+    trailers.insert(
+        "grpc-message",
+        HeaderValue::from_static("server restarting (lameduck drain deadline); retry"),
+    );
+    trailers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_end_at_an_empty_line_whatever_the_line_endings() {
+        assert_eq!(last_event_end(b"data: a\n\n"), 9);
+        assert_eq!(last_event_end(b"data: a\n\ndata: b"), 9);
+        assert_eq!(last_event_end(b"data: a\r\n\r\ndata: b\n"), 11);
+        // The final \r might still become \r\n: that event waits for the next byte.
+        assert_eq!(last_event_end(b"data: a\r\rdata: b\r\r"), 9);
+        assert_eq!(last_event_end(b"data: a\r\rdata: b\r\rx"), 18);
+        assert_eq!(last_event_end(b"data: a\n"), 0);
+        // A trailing \r could still be the start of \r\n.
+        assert_eq!(last_event_end(b"data: a\r\n\r"), 0);
+        assert_eq!(last_event_end(b"id: 1\ndata: a\n\nid: 2\n"), 15);
+    }
+
+    #[test]
+    fn partial_events_are_held_until_complete() {
+        let mut held = BytesMut::new();
+        let out = complete_events(&mut held, Bytes::from_static(b"data: one\n\ndata: tw"));
+        assert_eq!(out.unwrap(), "data: one\n\n");
+        assert_eq!(&held[..], b"data: tw");
+        let out = complete_events(&mut held, Bytes::from_static(b"o\n"));
+        assert_eq!(out.unwrap(), "");
+        let out = complete_events(&mut held, Bytes::from_static(b"\ndata: three\n\n"));
+        assert_eq!(out.unwrap(), "data: two\n\ndata: three\n\n");
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn grpc_message_boundaries_are_tracked_across_frames() {
+        let mut messages = GrpcMessages::default();
+        // Two messages of 3 and 2 bytes, split awkwardly.
+        let wire = [0u8, 0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0, 2, b'd', b'e'];
+        messages.advance(&wire[..3]);
+        assert!(!messages.at_boundary());
+        messages.advance(&wire[3..8]);
+        assert!(messages.at_boundary());
+        messages.advance(&wire[8..14]);
+        assert!(!messages.at_boundary());
+        let rest = messages.take_to_boundary(Bytes::copy_from_slice(&wire[14..]));
+        assert_eq!(&rest[..], b"e");
+        assert!(messages.at_boundary());
+
+        let mut messages = GrpcMessages::default();
+        messages.advance(&wire[..6]);
+        let taken = messages.take_to_boundary(Bytes::copy_from_slice(&wire[6..]));
+        assert_eq!(&taken[..], b"bc");
+    }
+
+    #[test]
+    fn grpc_is_recognised_only_for_clients_that_take_trailers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(Announced::from_headers(&headers, true).grpc);
+        assert!(!Announced::from_headers(&headers, false).grpc);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc-web"),
+        );
+        assert!(!Announced::from_headers(&headers, true).grpc);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        assert!(Announced::from_headers(&headers, true).event_stream);
+    }
+}
