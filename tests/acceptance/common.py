@@ -1,0 +1,265 @@
+"""Shared helpers for the lameduck acceptance harness (Python 3.11 standard library only).
+
+Every process the harness starts is recorded and carries LAMEDUCK_ACC_TAG=<unique tag> in its
+environment (inherited by lameduck's child and its descendants), so leftovers can be found in
+/proc and killed by pid on exit.  Only 127.0.0.1 is ever contacted.
+"""
+
+import atexit
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+LAMEDUCK = os.environ.get("LAMEDUCK_BIN", os.path.join(ROOT, "target", "release", "lameduck"))
+NODE = shutil.which("node") or "node"
+PYTHON = sys.executable
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+HOST = "127.0.0.1"
+
+TAG = f"lameduck-acc-{os.getpid()}-{random.randrange(1 << 30)}"
+
+_procs: list[subprocess.Popen] = []
+_lock = threading.Lock()
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- ports
+
+_used_ports: set[int] = set()
+
+
+def free_port() -> int:
+    """A port below the ephemeral range (so client sockets cannot take it meanwhile) that is
+    free now."""
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        if port in _used_ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        _used_ports.add(port)
+        return port
+    raise RuntimeError("no free port found")
+
+
+# --------------------------------------------------------------------------- processes
+
+def spawn(argv: list[str], log_path: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["LAMEDUCK_ACC_TAG"] = TAG
+    env.pop("PORT", None)
+    if env_extra:
+        env.update(env_extra)
+    out = open(log_path, "ab")
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    out.close()
+    with _lock:
+        _procs.append(proc)
+    return proc
+
+
+def tagged_pids(also: str | None = None) -> list[int]:
+    """Pids of live (non-zombie) processes whose environment carries this run's tag (and the
+    NAME=value entry `also`, if given)."""
+    needle = f"LAMEDUCK_ACC_TAG={TAG}".encode()
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if needle in env and (also is None or also.encode() in env):
+            state = stat.rsplit(b")", 1)[1].split()[0]
+            if state != b"Z":
+                found.append(int(d))
+    return found
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        rest = stat.rsplit(b")", 1)[1].split()
+        return f"pid={pid} state={rest[0].decode()} ppid={rest[1].decode()} cmd={cmd!r}"
+    except OSError:
+        return f"pid={pid} (gone)"
+
+
+def pgrep(pattern: str) -> list[int]:
+    """pgrep -f, minus ourselves."""
+    r = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    me = os.getpid()
+    return [int(p) for p in r.stdout.split() if int(p) != me]
+
+
+def cleanup() -> None:
+    """Kill (by pid) everything this run started that is still alive."""
+    with _lock:
+        procs = list(_procs)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in tagged_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _on_signal(signum, _frame):
+    cleanup()
+    sys.exit(128 + signum)
+
+
+atexit.register(cleanup)
+signal.signal(signal.SIGINT, _on_signal)
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGHUP, _on_signal)
+
+
+class ExitWatcher:
+    """Records the monotonic time at which a process exited, and its status."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.exited_at: float | None = None
+        self.code: int | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        self.code = self.proc.wait()
+        self.exited_at = now()
+        self.done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.wait(timeout)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+def http_get(port: int, path: str, timeout: float = 5.0, method: str = "GET"):
+    """One request on a fresh connection: (status, headers dict with lower-case names, body)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def wait_until(pred, timeout: float, interval: float = 0.05) -> bool:
+    deadline = now() + timeout
+    while now() < deadline:
+        try:
+            if pred():
+                return True
+        except Exception:
+            pass
+        time.sleep(interval)
+    return False
+
+
+def ready_json(port: int):
+    status, _h, body = http_get(port, "/ready", timeout=2)
+    return status, json.loads(body)
+
+
+# --------------------------------------------------------------------------- expected bodies
+
+def slow_body(ident: str) -> bytes:
+    return f"slow:{ident}:".encode() + b"x" * 1000 + b":end\n"
+
+
+def sse_body(n: int, ident: str) -> bytes:
+    out = b""
+    for i in range(1, n + 1):
+        out += f'id: {i}\nevent: tick\ndata: {{"i":{i},"id":"{ident}"}}\n\n'.encode()
+    return out + b"event: done\ndata: end\n\n"
+
+
+# --------------------------------------------------------------------------- backends
+
+def backend_argv(kind: str) -> list[str]:
+    """The COMMAND that binds 127.0.0.1:$PORT."""
+    if kind == "node":
+        return [NODE, os.path.join(HERE, "node_backend.js")]
+    if kind == "uvicorn":
+        # sh only expands $PORT and then execs uvicorn, so uvicorn itself is lameduck's child.
+        return [
+            "/bin/sh", "-c",
+            'exec "$0" -m uvicorn asgi_app:app --app-dir "$1" --host 127.0.0.1 --port "$PORT" '
+            "--log-level warning --no-access-log",
+            PYTHON, HERE,
+        ]
+    raise ValueError(kind)
+
+
+def backend_pattern(kind: str, port: int) -> str:
+    """pgrep -f pattern for a backend of this kind; the node backend cannot be told apart by
+    its command line, so callers also use the environment tag (tagged_pids)."""
+    if kind == "node":
+        return "node_backend.js"
+    return f"uvicorn asgi_app:app .*--port {port}"
+
+
+def lameduck_argv(port: int, upstream_port: int, backend: str, grace: str = "30s",
+                  drain_delay: str | None = None) -> list[str]:
+    argv = [LAMEDUCK, "--port", str(port), "--bind", HOST,
+            "--upstream", f"http://{HOST}:{upstream_port}", "--grace-period", grace]
+    if drain_delay:
+        argv += ["--drain-delay", drain_delay]
+    return argv + ["--"] + backend_argv(backend)
+
+
+def tail(path: str, n: int = 40) -> str:
+    try:
+        with open(path, "r", errors="replace") as f:
+            lines = f.readlines()
+        return "".join(lines[-n:])
+    except OSError:
+        return "(no log)"
