@@ -36,6 +36,9 @@ pub struct Proxy {
     state: Arc<State>,
     telemetry: Arc<Telemetry>,
     client: Client<HttpConnector, Incoming>,
+    /// With `--upstream-protocol http2`, upgrades (WebSockets) still need HTTP/1.1: HTTP/2 has no
+    /// `Upgrade`. `None` when `client` already speaks HTTP/1.1.
+    upgrade_client: Option<Client<HttpConnector, Incoming>>,
     upstream: Authority,
     ready_path: String,
     health_path: String,
@@ -55,11 +58,12 @@ impl Proxy {
         client
             .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
             .pool_timer(hyper_util::rt::TokioTimer::new());
-        let upstream_version = match config.upstream_protocol {
-            Protocol::Http1 => Version::HTTP_11,
+        let (upstream_version, upgrade_client) = match config.upstream_protocol {
+            Protocol::Http1 => (Version::HTTP_11, None),
             Protocol::Http2 => {
+                let upgrade_client = client.build(connector.clone());
                 client.http2_only(true);
-                Version::HTTP_2
+                (Version::HTTP_2, Some(upgrade_client))
             }
         };
         let client = client.build(connector);
@@ -67,6 +71,7 @@ impl Proxy {
             state,
             telemetry,
             client,
+            upgrade_client,
             upstream: config.upstream.authority.clone(),
             ready_path: config.ready_path.clone(),
             health_path: config.health_path.clone(),
@@ -153,7 +158,16 @@ impl Proxy {
             HeaderValue::from_str(authority.as_str()).ok()
         });
         parts.uri = self.upstream_uri(&parts.uri);
-        parts.version = self.upstream_version;
+        let client = match (&upgrade, &self.upgrade_client) {
+            (Some(_), Some(upgrade_client)) => {
+                parts.version = Version::HTTP_11;
+                upgrade_client
+            }
+            _ => {
+                parts.version = self.upstream_version;
+                &self.client
+            }
+        };
         remove_hop_by_hop(&mut parts.headers);
         if let Some(host) = &host {
             if !parts.headers.contains_key(header::HOST) {
@@ -168,7 +182,7 @@ impl Proxy {
 
         let sent = tokio::select! {
             biased;
-            sent = self.client.request(Request::from_parts(parts, body)) => sent,
+            sent = client.request(Request::from_parts(parts, body)) => sent,
             // The drain deadline came before the backend answered: the client may retry.
             () = self.state.cut_signal() => {
                 in_flight.count_ending(Ending::Refused);

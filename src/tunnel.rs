@@ -3,7 +3,7 @@
 //! (going away) in each direction, sent between frames, never inside one; other protocols are
 //! cut off.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -13,6 +13,10 @@ use tracing::{debug, warn};
 use crate::readiness::{Ending, InFlight, State};
 
 const BUFFER: usize = 16 * 1024;
+/// After one side has closed, how long the other gets to finish before the tunnel is dropped.
+const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// After sending a close frame, how long to wait for the peer's close frame in reply.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_millis(300);
 /// Close frame, status 1001, as a server sends it (unmasked).
 const CLOSE_TO_CLIENT: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 
@@ -30,22 +34,33 @@ pub async fn run(client: OnUpgrade, backend: OnUpgrade, websocket: bool, in_flig
     let state = in_flight.state();
     let frames = || websocket.then(Frames::default);
     let close_to_backend = masked_close();
-    let (up, down) = tokio::join!(
-        pump(
-            client_read,
-            backend_write,
-            frames(),
-            &close_to_backend,
-            state
-        ),
-        pump(
-            backend_read,
-            client_write,
-            frames(),
-            &CLOSE_TO_CLIENT,
-            state
-        ),
+    let up = pump(
+        client_read,
+        backend_write,
+        frames(),
+        &close_to_backend,
+        state,
     );
+    let down = pump(
+        backend_read,
+        client_write,
+        frames(),
+        &CLOSE_TO_CLIENT,
+        state,
+    );
+    tokio::pin!(up, down);
+    // Once one side is done, the other gets a moment to finish, not forever.
+    let abandoned = Ok(Pump::Abandoned);
+    let (up, down) = tokio::select! {
+        up = &mut up => {
+            let down = tokio::time::timeout(HALF_CLOSE_GRACE, down).await;
+            (up, down.unwrap_or(abandoned))
+        }
+        down = &mut down => {
+            let up = tokio::time::timeout(HALF_CLOSE_GRACE, up).await;
+            (up.unwrap_or(abandoned), down)
+        }
+    };
     debug!(?up, ?down, "upgraded connection ended");
     if matches!(up, Ok(Pump::Cut)) || matches!(down, Ok(Pump::Cut)) {
         let ending = if websocket {
@@ -64,6 +79,8 @@ enum Pump {
     Eof,
     /// The cut came: a close frame was sent (WebSocket) or the copy stopped.
     Cut,
+    /// The other direction ended and this one did not finish in time.
+    Abandoned,
 }
 
 /// Copies `from` to `to` until EOF or the cut. With `frames`, the copy tracks WebSocket frame
@@ -90,6 +107,9 @@ where
                 Some(frames) if frames.at_boundary() => {
                     to.write_all(close).await?;
                     to.flush().await?;
+                    // The closing handshake: let the sender answer with its own close frame.
+                    let reply = await_close(&mut from);
+                    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, reply).await;
                     return Ok(Pump::Cut);
                 }
                 // Finish the frame in progress first.
@@ -119,6 +139,23 @@ where
     }
 }
 
+/// Reads (and drops) what `from` sends until its close frame is complete, or it closes. Called
+/// at a frame boundary.
+async fn await_close<R: AsyncRead + Unpin>(from: &mut R) {
+    let mut frames = Frames::default();
+    let mut buf = [0u8; 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if frames.advance_until_close(&buf[..n]) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// A close frame with status 1001 as a client sends it: masked (RFC 6455 §5.3).
 fn masked_close() -> [u8; 8] {
     let nanos = SystemTime::now()
@@ -144,6 +181,8 @@ struct Frames {
     header_len: usize,
     /// Payload bytes of the current frame still to come.
     remaining: u64,
+    /// The opcode of the current (or last) frame.
+    opcode: u8,
 }
 
 impl Frames {
@@ -189,6 +228,7 @@ impl Frames {
             used += 1;
             if self.header_len == self.header_size() {
                 self.remaining = self.payload_len();
+                self.opcode = self.header[0] & 0x0f;
                 self.header_len = 0;
                 break;
             }
@@ -201,6 +241,18 @@ impl Frames {
             let n = self.step(data);
             data = &data[n..];
         }
+    }
+
+    /// Consumes `data`; returns whether a close frame has been completed in it.
+    fn advance_until_close(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            let n = self.step(data);
+            data = &data[n..];
+            if self.opcode == 0x8 && self.at_boundary() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Consumes `data` up to the first frame boundary; returns how many bytes that is.

@@ -11,10 +11,15 @@
 //! - `BACKEND_SIGNAL_LOG=FILE`: append the name of every SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH received.
 //! - `BACKEND_READY_AFTER_MS`: `/readyz` answers 503 until this long after start, then 200.
 //! - `BACKEND_UNHEALTHY_FILE=FILE`: `/healthz` answers 500 while this file exists.
+//! - `BACKEND_WS_LOG=FILE`: append the close code of every WebSocket close frame received.
+//!
+//! It serves HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the same port.
 //!
 //! Routes: `/hello`, `/slow?ms=N`, `/sse?n=N&ms=M`, `/echo`, `/count`, `/download?bytes=N`,
 //! `/headers`, `/upgrade`, `/spawn`, `/exit?code=N`, `/pid`, `/status?code=N`, `/readyz`,
-//! `/healthz`.
+//! `/healthz`, `/sse-pieces?n=N&ms=M` (each event written in two pieces), `/ws` (WebSocket
+//! echo), `/grpc.Test/Stream?n=N&ms=M` (gRPC-shaped stream, each message in two pieces, then
+//! `grpc-status: 0`), `/trailers`.
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -24,14 +29,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::SinkExt as _;
 use futures_util::StreamExt as _;
+use http::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -69,9 +77,8 @@ async fn main() {
             continue;
         };
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(route))
-                .with_upgrades()
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(route))
                 .await;
         });
     }
@@ -111,13 +118,35 @@ fn ok(body: impl Into<Bytes>) -> Response<Body> {
 
 /// A body fed by a task, one frame per message.
 fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let stream = tokio_stream(rx).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-    (tx, StreamBody::new(stream).boxed())
+    let (tx, body) = frame_body();
+    let (data_tx, mut data_rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        while let Some(data) = data_rx.recv().await {
+            if tx.send(Frame::data(data)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (data_tx, body)
 }
 
-fn tokio_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// A body fed by a task, data and trailers alike.
+fn frame_body() -> (mpsc::Sender<Frame<Bytes>>, Body) {
+    let (tx, mut rx) = mpsc::channel::<Frame<Bytes>>(4);
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
+    (tx, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+/// Appends a line to the file named by the environment variable `var`, if set.
+fn log_line(var: &str, line: &str) {
+    if let Some(path) = std::env::var_os(var) {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("log file");
+        writeln!(file, "{line}").expect("write log");
+    }
 }
 
 async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -170,6 +199,102 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
             let mut resp = Response::new(body);
             resp.headers_mut()
                 .insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+        "/sse-pieces" => {
+            let n = param(&req, "n").unwrap_or(3);
+            let ms = param(&req, "ms").unwrap_or(200);
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                for i in 0..n {
+                    let first = Bytes::from(format!("id: {i}\ndata: part"));
+                    let second = Bytes::from(format!("ial event {i}\n\n"));
+                    for piece in [first, second] {
+                        if tx.send(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(ms / 2)).await;
+                    }
+                }
+            });
+            let mut resp = Response::new(body);
+            resp.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+        "/grpc.Test/Stream" => {
+            let n = param(&req, "n").unwrap_or(3);
+            let ms = param(&req, "ms").unwrap_or(100);
+            let (tx, body) = frame_body();
+            tokio::spawn(async move {
+                for i in 0..n {
+                    let payload = format!("message {i:06}");
+                    let mut message = vec![0u8];
+                    message.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                    message.extend_from_slice(payload.as_bytes());
+                    let (first, second) = message.split_at(message.len() / 2);
+                    for piece in [first, second] {
+                        if tx
+                            .send(Frame::data(Bytes::copy_from_slice(piece)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(ms / 2)).await;
+                    }
+                }
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let _ = tx.send(Frame::trailers(trailers)).await;
+            });
+            let mut resp = Response::new(body);
+            resp.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            resp
+        }
+        "/trailers" => {
+            let (tx, body) = frame_body();
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Frame::data(Bytes::from_static(b"with trailers")))
+                    .await;
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-checksum", "abc123".parse().unwrap());
+                let _ = tx.send(Frame::trailers(trailers)).await;
+            });
+            Response::new(body)
+        }
+        "/ws" => {
+            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+                return Ok(text(StatusCode::BAD_REQUEST, "not a websocket handshake"));
+            };
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Close(frame) = &message {
+                        let code = frame.as_ref().map_or(0, |f| u16::from(f.code));
+                        log_line("BACKEND_WS_LOG", &code.to_string());
+                    } else if (message.is_text() || message.is_binary())
+                        && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+            let headers = resp.headers_mut();
+            headers.insert("connection", "upgrade".parse().unwrap());
+            headers.insert("upgrade", "websocket".parse().unwrap());
+            headers.insert("sec-websocket-accept", accept.parse().unwrap());
             resp
         }
         "/echo" => {

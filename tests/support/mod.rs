@@ -135,7 +135,10 @@ impl Builder {
                 &format!("http://127.0.0.1:{}", self.upstream_port),
             ])
             .args(&self.args)
-            .env_remove("RUST_LOG")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LAMEDUCK_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -357,4 +360,27 @@ pub fn alive(pid: u32) -> bool {
         .next()
         .and_then(|rest| rest.split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
+}
+
+/// An HTTP/2 (h2c, prior knowledge) connection to lameduck, and the task driving it: the task
+/// ends when the server closes the connection (for instance with GOAWAY).
+pub async fn h2_connect(
+    port: u16,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
 }
