@@ -12,11 +12,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::framing::{Boundaries, GrpcMessages};
 use crate::readiness::{Ending, InFlight};
 use crate::telemetry::Observation;
 
@@ -314,57 +315,6 @@ fn last_event_end(buf: &[u8]) -> usize {
     end
 }
 
-/// Where a gRPC response stands in its length-prefixed messages (1 flag byte, 4 length bytes).
-#[derive(Debug, Default)]
-struct GrpcMessages {
-    prefix: [u8; 5],
-    prefix_len: usize,
-    remaining: u64,
-}
-
-impl GrpcMessages {
-    fn at_boundary(&self) -> bool {
-        self.prefix_len == 0 && self.remaining == 0
-    }
-
-    /// Consumes up to the end of the current prefix or payload; returns the bytes consumed.
-    fn step(&mut self, data: &[u8]) -> usize {
-        if self.remaining > 0 {
-            let n = data
-                .len()
-                .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-            self.remaining -= n as u64;
-            return n;
-        }
-        let n = data.len().min(5 - self.prefix_len);
-        self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
-        self.prefix_len += n;
-        if self.prefix_len == 5 {
-            let mut length = &self.prefix[1..];
-            self.remaining = u64::from(length.get_u32());
-            self.prefix_len = 0;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let n = self.step(data);
-            data = &data[n..];
-        }
-    }
-
-    /// The part of `data` that completes the current message; the rest is dropped (the call is
-    /// ending).
-    fn take_to_boundary(&mut self, data: Bytes) -> Bytes {
-        let mut taken = 0;
-        while taken < data.len() && !self.at_boundary() {
-            taken += self.step(&data[taken..]);
-        }
-        data.slice(..taken)
-    }
-}
-
 fn grpc_unavailable() -> HeaderMap {
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("14"));
@@ -404,27 +354,6 @@ mod tests {
         let out = complete_events(&mut held, Bytes::from_static(b"\ndata: three\n\n"));
         assert_eq!(out.unwrap(), "data: two\n\ndata: three\n\n");
         assert!(held.is_empty());
-    }
-
-    #[test]
-    fn grpc_message_boundaries_are_tracked_across_frames() {
-        let mut messages = GrpcMessages::default();
-        // Two messages of 3 and 2 bytes, split awkwardly.
-        let wire = [0u8, 0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0, 2, b'd', b'e'];
-        messages.advance(&wire[..3]);
-        assert!(!messages.at_boundary());
-        messages.advance(&wire[3..8]);
-        assert!(messages.at_boundary());
-        messages.advance(&wire[8..14]);
-        assert!(!messages.at_boundary());
-        let rest = messages.take_to_boundary(Bytes::copy_from_slice(&wire[14..]));
-        assert_eq!(&rest[..], b"e");
-        assert!(messages.at_boundary());
-
-        let mut messages = GrpcMessages::default();
-        messages.advance(&wire[..6]);
-        let taken = messages.take_to_boundary(Bytes::copy_from_slice(&wire[6..]));
-        assert_eq!(&taken[..], b"bc");
     }
 
     #[test]

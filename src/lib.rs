@@ -23,6 +23,7 @@
 //! - [`proxy`]: the request path: local endpoints, forwarding, header rules, error responses.
 //! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
 //! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
+//! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.
 //! - [`server`]: the accept loop and each connection's graceful close.
 //! - [`backend`]: probing the backend: is it up, is it healthy.
 //! - [`telemetry`]: Prometheus metrics and the access log.
@@ -33,6 +34,7 @@ pub mod backend;
 pub mod body;
 pub mod child;
 pub mod config;
+pub mod framing;
 pub mod lifecycle;
 pub mod proxy;
 pub mod readiness;

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
+use crate::framing::{Boundaries, WebSocketFrames};
 use crate::readiness::{Ending, InFlight, State};
 
 const BUFFER: usize = 16 * 1024;
@@ -32,7 +33,7 @@ pub async fn run(client: OnUpgrade, backend: OnUpgrade, websocket: bool, in_flig
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (backend_read, backend_write) = tokio::io::split(TokioIo::new(backend));
     let state = in_flight.state();
-    let frames = || websocket.then(Frames::default);
+    let frames = || websocket.then(WebSocketFrames::default);
     let close_to_backend = masked_close();
     let up = pump(
         client_read,
@@ -88,7 +89,7 @@ enum Pump {
 async fn pump<R, W>(
     mut from: R,
     mut to: W,
-    mut frames: Option<Frames>,
+    mut frames: Option<WebSocketFrames>,
     close: &[u8],
     state: &State,
 ) -> std::io::Result<Pump>
@@ -142,7 +143,7 @@ where
 /// Reads (and drops) what `from` sends until its close frame is complete, or it closes. Called
 /// at a frame boundary.
 async fn await_close<R: AsyncRead + Unpin>(from: &mut R) {
-    let mut frames = Frames::default();
+    let mut frames = WebSocketFrames::default();
     let mut buf = [0u8; 1024];
     loop {
         match from.read(&mut buf).await {
@@ -174,119 +175,9 @@ fn masked_close() -> [u8; 8] {
     ]
 }
 
-/// Where a byte stream stands in its WebSocket frames (RFC 6455 §5.2).
-#[derive(Debug, Default)]
-struct Frames {
-    header: [u8; 14],
-    header_len: usize,
-    /// Payload bytes of the current frame still to come.
-    remaining: u64,
-    /// The opcode of the current (or last) frame.
-    opcode: u8,
-}
-
-impl Frames {
-    fn at_boundary(&self) -> bool {
-        self.header_len == 0 && self.remaining == 0
-    }
-
-    /// The header's full length, once its first two bytes are known.
-    fn header_size(&self) -> usize {
-        if self.header_len < 2 {
-            return 2;
-        }
-        let extended = match self.header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
-        2 + extended + mask
-    }
-
-    fn payload_len(&self) -> u64 {
-        match self.header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or_default()),
-            len => u64::from(len),
-        }
-    }
-
-    /// Consumes up to the end of the current header or payload; returns the bytes consumed.
-    fn step(&mut self, data: &[u8]) -> usize {
-        if self.remaining > 0 {
-            let n = data
-                .len()
-                .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-            self.remaining -= n as u64;
-            return n;
-        }
-        let mut used = 0;
-        while used < data.len() {
-            self.header[self.header_len] = data[used];
-            self.header_len += 1;
-            used += 1;
-            if self.header_len == self.header_size() {
-                self.remaining = self.payload_len();
-                self.opcode = self.header[0] & 0x0f;
-                self.header_len = 0;
-                break;
-            }
-        }
-        used
-    }
-
-    fn advance(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let n = self.step(data);
-            data = &data[n..];
-        }
-    }
-
-    /// Consumes `data`; returns whether a close frame has been completed in it.
-    fn advance_until_close(&mut self, mut data: &[u8]) -> bool {
-        while !data.is_empty() {
-            let n = self.step(data);
-            data = &data[n..];
-            if self.opcode == 0x8 && self.at_boundary() {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Consumes `data` up to the first frame boundary; returns how many bytes that is.
-    fn advance_to_boundary(&mut self, data: &[u8]) -> usize {
-        let mut used = 0;
-        while used < data.len() && !self.at_boundary() {
-            used += self.step(&data[used..]);
-        }
-        used
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_boundaries_are_found_across_reads() {
-        // A masked text frame "hi" from a client, then an unmasked 300-byte binary frame.
-        let mut wire = vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
-        wire.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
-        wire.extend(std::iter::repeat_n(7u8, 300));
-        let mut frames = Frames::default();
-        frames.advance(&wire[..5]);
-        assert!(!frames.at_boundary());
-        frames.advance(&wire[5..8]);
-        assert!(frames.at_boundary());
-        frames.advance(&wire[8..20]);
-        assert!(!frames.at_boundary());
-        let used = frames.advance_to_boundary(&wire[20..]);
-        assert_eq!(20 + used, wire.len());
-        assert!(frames.at_boundary());
-        assert_eq!(frames.advance_to_boundary(b"\x81\x00"), 0);
-    }
 
     #[test]
     fn the_close_frames_carry_1001() {

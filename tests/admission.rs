@@ -9,35 +9,19 @@ use http::StatusCode;
 use nix::sys::signal::Signal;
 use support::*;
 
-async fn ready_body(ld: &Lameduck) -> (StatusCode, serde_json::Value) {
-    let reply = get(ld.port, "/ready").await.unwrap();
-    (reply.status, serde_json::from_str(&reply.body).unwrap())
-}
-
-async fn wait_active(ld: &Lameduck, n: u64) {
-    let start = Instant::now();
-    while ready_body(ld).await.1["active_requests"] != n {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never saw {n} active"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn over_the_limit_requests_queue_and_ready_says_at_capacity() {
     let ld = Builder::with_backend()
         .args(&["--max-concurrency", "2", "--queue-timeout", "10s"])
         .spawn();
     ld.wait_ready().await;
-    let (_, body) = ready_body(&ld).await;
+    let (_, body) = ready_json(ld.port).await;
     assert_eq!(body["max_concurrency"], 2);
 
     let first = tokio::spawn(get(ld.port, "/slow?ms=1500"));
     let second = tokio::spawn(get(ld.port, "/slow?ms=1500"));
-    wait_active(&ld, 2).await;
-    let (status, body) = ready_body(&ld).await;
+    wait_active(ld.port, 2).await;
+    let (status, body) = ready_json(ld.port).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["status"], "at_capacity");
 
@@ -50,7 +34,7 @@ async fn over_the_limit_requests_queue_and_ready_says_at_capacity() {
     for request in [first, second] {
         assert_eq!(request.await.unwrap().unwrap().status, StatusCode::OK);
     }
-    assert_eq!(ready_body(&ld).await.0, StatusCode::OK);
+    assert_eq!(ready_json(ld.port).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -60,7 +44,7 @@ async fn with_no_queue_a_request_over_the_limit_gets_503_at_once() {
         .spawn();
     ld.wait_ready().await;
     let busy = tokio::spawn(get(ld.port, "/slow?ms=5000"));
-    wait_active(&ld, 1).await;
+    wait_active(ld.port, 1).await;
     let start = Instant::now();
     let reply = get(ld.port, "/hello").await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -79,7 +63,7 @@ async fn queued_requests_count_as_in_flight_during_the_drain() {
         .spawn();
     ld.wait_ready().await;
     let running = tokio::spawn(get(ld.port, "/slow?ms=1500"));
-    wait_active(&ld, 1).await;
+    wait_active(ld.port, 1).await;
     let queued = tokio::spawn(get(ld.port, "/slow?ms=500"));
     let start = Instant::now();
     while !get(ld.port, "/metrics")
@@ -99,12 +83,7 @@ async fn queued_requests_count_as_in_flight_during_the_drain() {
         let reply = request.await.unwrap().unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }
 
 #[tokio::test]
@@ -114,12 +93,7 @@ async fn with_a_backend_ready_path_requests_are_held_until_it_answers_2xx() {
         .env("BACKEND_READY_AFTER_MS", "1500")
         .args(&["--backend-ready-path", "/readyz"])
         .spawn();
-    let reply = loop {
-        if let Ok(reply) = get(ld.port, "/ready").await {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let reply = first_reply(ld.port, "/ready").await;
     let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(
         (reply.status, body["status"].as_str()),
@@ -136,12 +110,7 @@ async fn a_backend_that_never_comes_up_is_stopped_and_lameduck_exits_1() {
         .env("BACKEND_DELAY_MS", "60000")
         .args(&["--startup-timeout", "1s"])
         .spawn();
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(1).await;
     assert!(ld.log().contains("did not start in time"), "{}", ld.log());
 }
 
@@ -190,12 +159,7 @@ async fn the_backends_health_folds_into_health_but_never_fails_the_drain() {
         StatusCode::OK
     );
     assert_eq!(slow.await.unwrap().unwrap().status, StatusCode::OK);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }
 
 #[tokio::test]

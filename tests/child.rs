@@ -21,12 +21,7 @@ async fn a_child_that_exits_on_its_own_gives_lameduck_its_status() {
     ld.wait_ready().await;
     let reply = get(ld.port, "/exit?code=3").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        3,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(3).await;
 }
 
 #[tokio::test]
@@ -35,12 +30,7 @@ async fn a_child_killed_by_a_signal_gives_128_plus_n() {
     ld.wait_ready().await;
     let pid = backend_pid(&ld).await;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        137,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(137).await;
 }
 
 #[tokio::test]
@@ -76,21 +66,21 @@ async fn hup_usr1_usr2_and_winch_are_forwarded_to_the_child() {
     // None of them stopped lameduck or the child.
     assert_eq!(get(ld.port, "/ready").await.unwrap().status, StatusCode::OK);
     ld.signal(Signal::SIGTERM);
-    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    ld.expect_exit(0).await;
     let _ = std::fs::remove_file(&log);
 }
 
 #[tokio::test]
 async fn a_missing_command_exits_127_and_a_non_executable_one_126() {
     let mut ld = Builder::with_command(&["/nonexistent/lameduck-backend"]).spawn();
-    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 127);
+    ld.expect_exit(127).await;
 
     let path = std::env::temp_dir().join(format!("lameduck-noexec-{}", std::process::id()));
     let mut file = std::fs::File::create(&path).unwrap();
     file.write_all(b"#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut ld = Builder::with_command(&[path.to_str().unwrap()]).spawn();
-    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 126);
+    ld.expect_exit(126).await;
     let _ = std::fs::remove_file(&path);
 }
 
@@ -105,12 +95,7 @@ async fn no_descendant_of_the_child_survives_lameduck() {
     assert!(grandchildren.iter().all(|&pid| alive(pid)));
 
     ld.signal(Signal::SIGTERM);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
     for pid in grandchildren.into_iter().chain([backend]) {
         assert!(!alive(pid), "process {pid} outlived lameduck");
     }
@@ -125,12 +110,7 @@ async fn a_child_that_ignores_sigterm_is_killed_and_lameduck_exits_1() {
     ld.wait_ready().await;
     let backend = backend_pid(&ld).await;
     ld.signal(Signal::SIGTERM);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(1).await;
     assert!(!alive(backend));
 }
 

@@ -9,22 +9,6 @@ use http::StatusCode;
 use nix::sys::signal::Signal;
 use support::*;
 
-async fn ready_status(ld: &Lameduck) -> (StatusCode, serde_json::Value) {
-    let reply = get(ld.port, "/ready").await.unwrap();
-    (reply.status, serde_json::from_str(&reply.body).unwrap())
-}
-
-async fn wait_in_flight(ld: &Lameduck, n: u64) {
-    let start = Instant::now();
-    while ready_status(ld).await.1["active_requests"] != n {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never saw {n} in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped() {
     // The backend dies the instant it gets SIGTERM, so any request still running when lameduck
@@ -43,13 +27,13 @@ async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped
     for _ in 0..5 {
         streams.push(tokio::spawn(get(ld.port, "/sse?n=4&ms=500")));
     }
-    wait_in_flight(&ld, 25).await;
+    wait_active(ld.port, 25).await;
 
     ld.signal(Signal::SIGTERM);
     let signalled = Instant::now();
     // /ready fails at once, /health holds, new work is refused at once.
     loop {
-        let (status, body) = ready_status(&ld).await;
+        let (status, body) = ready_json(ld.port).await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(body["status"], "draining");
             break;
@@ -85,12 +69,7 @@ async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped
         assert_eq!(reply.body, events);
     }
     let done = Instant::now();
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
     assert!(
         done.elapsed() < Duration::from_secs(5),
         "lingered {:?} after the last response",
@@ -107,7 +86,7 @@ async fn during_the_drain_delay_new_requests_are_still_proxied() {
     ld.wait_ready().await;
     ld.signal(Signal::SIGTERM);
     let signalled = Instant::now();
-    while ready_status(&ld).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+    while ready_json(ld.port).await.0 != StatusCode::SERVICE_UNAVAILABLE {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let reply = get(ld.port, "/hello").await.unwrap();
@@ -126,12 +105,7 @@ async fn during_the_drain_delay_new_requests_are_still_proxied() {
     if let Ok(reply) = get(ld.port, "/hello").await {
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }
 
 #[tokio::test]
@@ -141,12 +115,7 @@ async fn an_idle_lameduck_exits_at_once_instead_of_sleeping_out_the_grace_period
         .spawn();
     ld.wait_ready().await;
     ld.signal(Signal::SIGTERM);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
     assert!(ld.log().contains("drained"), "{}", ld.log());
 }
 
@@ -158,15 +127,10 @@ async fn the_deadline_cuts_what_is_left_and_exits_1_before_the_grace_period_ends
         .spawn();
     ld.wait_ready().await;
     let stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
-    wait_in_flight(&ld, 1).await;
+    wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGTERM);
     let signalled = Instant::now();
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(1).await;
     let took = signalled.elapsed();
     assert!(
         took >= Duration::from_millis(1900),
@@ -190,16 +154,11 @@ async fn a_second_signal_skips_the_rest_of_the_drain() {
         .spawn();
     ld.wait_ready().await;
     let _stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
-    wait_in_flight(&ld, 1).await;
+    wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
     ld.signal(Signal::SIGINT);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(1).await;
 }
 
 #[tokio::test]
@@ -209,12 +168,7 @@ async fn sigquit_stops_at_once() {
         .spawn();
     ld.wait_ready().await;
     ld.signal(Signal::SIGQUIT);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }
 
 #[tokio::test]
@@ -223,10 +177,5 @@ async fn without_a_child_lameduck_drains_and_exits_alone() {
     let mut ld = Builder::without_child(upstream.local_addr().unwrap().port()).spawn();
     ld.wait_ready().await;
     ld.signal(Signal::SIGINT);
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }

@@ -99,7 +99,7 @@ async fn json_logs_are_one_object_per_line_and_the_access_log_has_each_request()
     ld.wait_ready().await;
     assert_eq!(get(ld.port, "/hello?x=1").await.unwrap().body, "hello");
     ld.signal(Signal::SIGTERM);
-    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    ld.expect_exit(0).await;
 
     let log = ld.log();
     let lines: Vec<serde_json::Value> = log
@@ -131,13 +131,13 @@ async fn log_level_quiets_lameduck_and_rust_log_is_honoured() {
         .spawn();
     ld.wait_ready().await;
     ld.signal(Signal::SIGTERM);
-    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    ld.expect_exit(0).await;
     assert!(!ld.log().contains("INFO"), "{}", ld.log());
 
     let mut ld = Builder::with_backend().env("RUST_LOG", "debug").spawn();
     ld.wait_ready().await;
     get(ld.port, "/hello").await.unwrap();
     ld.signal(Signal::SIGTERM);
-    assert_eq!(ld.wait_exit(Duration::from_secs(10)).await, 0);
+    ld.expect_exit(0).await;
     assert!(ld.log().contains("DEBUG"), "{}", ld.log());
 }

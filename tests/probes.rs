@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
@@ -15,12 +13,7 @@ async fn requests_wait_while_the_backend_starts() {
         .env("BACKEND_DELAY_MS", "1500")
         .spawn();
     // /ready says starting while the backend has not bound its port.
-    let reply = loop {
-        if let Ok(reply) = get(ld.port, "/ready").await {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let reply = first_reply(ld.port, "/ready").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(body["status"], "starting");

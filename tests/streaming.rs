@@ -70,12 +70,7 @@ async fn http2_clients_reach_an_http1_backend_and_get_goaway_on_drain() {
         .await
         .expect("the h2 connection was not closed")
         .unwrap();
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }
 
 #[tokio::test]
@@ -133,12 +128,7 @@ async fn websockets_are_echoed_and_stay_open_through_the_drain() {
     );
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(0).await;
 }
 
 #[tokio::test]
@@ -220,12 +210,7 @@ async fn at_the_deadline_every_kind_of_request_ends_the_way_its_client_understan
     let trailers = trailers.expect("gRPC trailers");
     assert_eq!(trailers["grpc-status"], "14");
 
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(1).await;
     let took = signalled.elapsed();
     assert!(
         took < Duration::from_secs(4),
@@ -264,10 +249,5 @@ async fn with_the_shutdown_event_off_event_streams_just_end() {
         reply.body
     );
     assert!(!reply.body.contains("server_restarting"));
-    assert_eq!(
-        ld.wait_exit(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        ld.log()
-    );
+    ld.expect_exit(1).await;
 }

@@ -244,6 +244,47 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+impl Lameduck {
+    /// Asserts that lameduck exits, within 10 s, with `code`.
+    pub async fn expect_exit(&mut self, code: i32) {
+        let status = self.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status, code, "unexpected exit status; log:\n{}", self.log());
+    }
+}
+
+/// `/ready`'s status and JSON body.
+pub async fn ready_json(port: u16) -> (StatusCode, serde_json::Value) {
+    let reply = get(port, "/ready").await.unwrap();
+    (reply.status, serde_json::from_str(&reply.body).unwrap())
+}
+
+/// Waits until `/ready` reports `n` active requests.
+pub async fn wait_active(port: u16, n: u64) {
+    let start = Instant::now();
+    while ready_json(port).await.1["active_requests"] != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never saw {n} active"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first answer to GET `path` once lameduck accepts connections.
+pub async fn first_reply(port: u16, path: &str) -> Reply {
+    let start = Instant::now();
+    loop {
+        if let Ok(reply) = get(port, path).await {
+            return reply;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "lameduck never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A response read whole.
 #[derive(Debug)]
 pub struct Reply {
