@@ -10,6 +10,7 @@
 //!   that looks complete).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 use crate::framing::{Boundaries, GrpcMessages};
 use crate::readiness::{Ending, InFlight};
 use crate::telemetry::Observation;
+use crate::upstream::{Affinity, Link};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,6 +51,9 @@ struct Proxied {
     shape: Shape,
     /// The cut has come; the shape is ending the response.
     cutting: bool,
+    /// The backend connection carrying this response, when driven inline (see
+    /// [`crate::upstream`]): polled here, and handed back to its client connection at the end.
+    link: Option<(Box<Link>, Arc<Affinity>)>,
 }
 
 /// What the response carries, which decides how it can end early.
@@ -111,6 +116,7 @@ impl ResponseBody {
         in_flight: InFlight,
         announced: Announced,
         sse_shutdown_event: bool,
+        link: Option<(Box<Link>, Arc<Affinity>)>,
     ) -> ResponseBody {
         let shape = if announced.event_stream {
             Shape::EventStream {
@@ -127,6 +133,7 @@ impl ResponseBody {
             in_flight: Some(in_flight),
             shape,
             cutting: false,
+            link,
         }))
     }
 }
@@ -183,6 +190,10 @@ impl Proxied {
             let Some(in_flight) = &self.in_flight else {
                 return Poll::Ready(None);
             };
+            if let Some((link, _)) = &mut self.link {
+                // The body arrives through the connection's IO: drive it.
+                link.poll_io(cx);
+            }
             if !self.cutting && in_flight.is_cut() {
                 self.cutting = true;
             }
@@ -204,15 +215,8 @@ impl Proxied {
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => {
-                    // Complete: it no longer counts as in flight. A partial event held back is
-                    // passed on as the backend left it.
-                    self.in_flight = None;
-                    return Poll::Ready(match &mut self.shape {
-                        Shape::EventStream { held, .. } if !held.is_empty() => {
-                            Some(Ok(Frame::data(held.split().freeze())))
-                        }
-                        _ => None,
-                    });
+                    let held = self.complete();
+                    return Poll::Ready(held.map(|held| Ok(Frame::data(held))));
                 }
                 Poll::Ready(Some(Err(err))) => {
                     self.in_flight = None;
@@ -234,9 +238,34 @@ impl Proxied {
                     Some(data)
                 }
             };
+            // With a known length, the client side stops polling after the last byte: finish
+            // now rather than waiting for an end that is never asked for.
+            let forward = if self.body.is_end_stream() {
+                match (forward, self.complete()) {
+                    (Some(data), Some(held)) => Some([data, held].concat().into()),
+                    (data, held) => data.or(held),
+                }
+            } else {
+                forward
+            };
             if let Some(data) = forward.filter(|data| !data.is_empty()) {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
+        }
+    }
+
+    /// The backend's body is complete: the request no longer counts as in flight, and its
+    /// backend connection is free for the client connection's next request. Returns a partial
+    /// event still held back, passed on as the backend left it.
+    fn complete(&mut self) -> Option<Bytes> {
+        self.in_flight = None;
+        if let Some((mut link, affinity)) = self.link.take() {
+            link.touch();
+            affinity.put(link);
+        }
+        match &mut self.shape {
+            Shape::EventStream { held, .. } if !held.is_empty() => Some(held.split().freeze()),
+            _ => None,
         }
     }
 

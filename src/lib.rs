@@ -23,6 +23,7 @@
 //! - [`proxy`]: the request path: local endpoints, forwarding, header rules, error responses.
 //! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
 //! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
+//! - [`upstream`]: each HTTP/1.1 client connection's own backend connection, driven inline.
 //! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.
 //! - [`server`]: the accept loop and each connection's graceful close.
 //! - [`backend`]: probing the backend: is it up, is it healthy.
@@ -42,3 +43,4 @@ pub mod server;
 pub mod signals;
 pub mod telemetry;
 pub mod tunnel;
+pub mod upstream;

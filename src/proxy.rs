@@ -2,7 +2,6 @@
 //! every error response.
 
 use std::convert::Infallible;
-use std::error::Error as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use crate::config::{Config, Protocol};
 use crate::readiness::{Admission, Ending, InFlight, State};
 use crate::telemetry::Telemetry;
 use crate::tunnel;
+use crate::upstream::{self, Affinity, Link};
 
 /// Idle upstream connections are dropped before typical backends (Node, uvicorn: 5 s) would close
 /// them, so a request is never written onto a connection the backend is closing.
@@ -40,6 +40,7 @@ pub struct Proxy {
     /// `Upgrade`. `None` when `client` already speaks HTTP/1.1.
     upgrade_client: Option<Client<HttpConnector, Incoming>>,
     upstream: Authority,
+    upstream_addr: crate::config::Upstream,
     ready_path: String,
     health_path: String,
     metrics_path: Option<String>,
@@ -73,6 +74,7 @@ impl Proxy {
             client,
             upgrade_client,
             upstream: config.upstream.authority.clone(),
+            upstream_addr: config.upstream.clone(),
             ready_path: config.ready_path.clone(),
             health_path: config.health_path.clone(),
             metrics_path: config.metrics_path.clone(),
@@ -84,10 +86,12 @@ impl Proxy {
     }
 
     /// Answers one request from a client at `remote`. Never fails: every problem becomes a response.
+    /// `affinity`: the backend connection kept by the client connection this request came on.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
+        affinity: &Arc<Affinity>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let path = req.uri().path();
         if path == self.ready_path {
@@ -104,7 +108,7 @@ impl Proxy {
             }
         }
         let observation = self.telemetry.observe(req.method(), path);
-        let mut resp = self.admit_and_forward(req, remote).await;
+        let mut resp = self.admit_and_forward(req, remote, affinity).await;
         if let Some(mut observation) = observation {
             observation.set_status(resp.status());
             resp.body_mut().observation = Some(observation);
@@ -116,6 +120,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
+        affinity: &Arc<Affinity>,
     ) -> Response<ResponseBody> {
         let mut in_flight = match self.state.admit() {
             Admission::Now(in_flight) => in_flight,
@@ -138,7 +143,7 @@ impl Proxy {
         if slot.is_err() {
             return refused(r#"{"error":"at_capacity"}"#);
         }
-        self.forward(req, remote, in_flight).await
+        self.forward(req, remote, in_flight, affinity).await
     }
 
     async fn forward(
@@ -146,6 +151,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         remote: SocketAddr,
         in_flight: InFlight,
+        affinity: &Arc<Affinity>,
     ) -> Response<ResponseBody> {
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -157,7 +163,10 @@ impl Proxy {
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        parts.uri = self.upstream_uri(&parts.uri);
+        // Plain HTTP/1.1 to an HTTP/1.1 backend goes over the client connection's own backend
+        // connection; the rest through the pool.
+        let inline =
+            upgrade.is_none() && !client_http2 && self.upstream_version == Version::HTTP_11;
         let client = match (&upgrade, &self.upgrade_client) {
             (Some(_), Some(upgrade_client)) => {
                 parts.version = Version::HTTP_11;
@@ -168,10 +177,18 @@ impl Proxy {
                 &self.client
             }
         };
+        parts.uri = if inline {
+            origin_form(&parts.uri)
+        } else {
+            self.upstream_uri(&parts.uri)
+        };
         remove_hop_by_hop(&mut parts.headers);
-        if let Some(host) = &host {
-            if !parts.headers.contains_key(header::HOST) {
-                parts.headers.insert(header::HOST, host.clone());
+        if !parts.headers.contains_key(header::HOST) {
+            let host = host
+                .clone()
+                .or_else(|| HeaderValue::from_str(self.upstream.as_str()).ok());
+            if let Some(host) = host {
+                parts.headers.insert(header::HOST, host);
             }
         }
         if let Some(protocol) = &upgrade {
@@ -180,18 +197,28 @@ impl Proxy {
         add_forwarded(&mut parts.headers, remote, host.as_ref());
         debug!(method = %parts.method, uri = %parts.uri, "forwarding");
 
+        let req = Request::from_parts(parts, body);
+        let exchange = async {
+            if inline {
+                let (resp, link) = upstream::send(affinity, &self.upstream_addr, req).await?;
+                Ok((resp, Some((link, Arc::clone(affinity)))))
+            } else {
+                let resp = client.request(req).await?;
+                Ok::<_, upstream::Error>((resp, None))
+            }
+        };
         let sent = tokio::select! {
             biased;
-            sent = client.request(Request::from_parts(parts, body)) => sent,
+            sent = exchange => sent,
             // The drain deadline came before the backend answered: the client may retry.
             () = self.state.cut_signal() => {
                 in_flight.count_ending(Ending::Refused);
                 return shutting_down();
             }
         };
-        let mut resp = match sent {
-            Ok(resp) => resp,
-            Err(err) => return bad_gateway(&err),
+        let (mut resp, link): (_, Option<(Box<Link>, _)>) = match sent {
+            Ok(sent) => sent,
+            Err(err) => return bad_gateway(&*err),
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -217,10 +244,11 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         let announced = Announced::from_headers(&parts.headers, client_http2);
-        let body = ResponseBody::proxied(body, in_flight, announced, self.sse_shutdown_event);
+        let body = ResponseBody::proxied(body, in_flight, announced, self.sse_shutdown_event, link);
         Response::from_parts(parts, body)
     }
 
+    /// The absolute URI the pooled client needs.
     fn upstream_uri(&self, original: &Uri) -> Uri {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
@@ -234,6 +262,15 @@ impl Proxy {
         // Cannot fail: scheme, authority and path were each valid on their own.
         Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
     }
+}
+
+/// The path and query alone, as an HTTP/1.1 request line carries them.
+fn origin_form(original: &Uri) -> Uri {
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -383,7 +420,7 @@ fn refused(body: &'static str) -> Response<ResponseBody> {
     resp
 }
 
-fn bad_gateway(err: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+fn bad_gateway(err: &(dyn std::error::Error + 'static)) -> Response<ResponseBody> {
     let mut detail = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -1,4 +1,10 @@
-//! The accept loop and each client connection, including its graceful close once draining.
+//! The accept loop, the workers, and each client connection with its graceful close once
+//! draining.
+//!
+//! Like nginx's worker processes, each worker is one thread running a single-threaded event
+//! loop; the accept loop hands each new connection to the next worker, and the connection lives
+//! on that thread for its whole life, together with its backend connection
+//! ([`crate::upstream`]). No request ever wakes another thread.
 
 use std::convert::Infallible;
 use std::io;
@@ -13,17 +19,77 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::proxy::Proxy;
 use crate::readiness::{Phase, State};
+use crate::upstream::Affinity;
 
 /// A client that opens a connection must send its request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts connections and serves them until the runtime stops. The listener stays open through
-/// the whole shutdown, so probes are answered until lameduck exits.
+/// A new connection on its way to a worker.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// Starts one worker per core, then accepts connections and hands them out in turn, until the
+/// process exits. The listener stays open through the whole shutdown, so probes are answered
+/// until lameduck exits.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, state: Arc<State>) {
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut workers = Vec::with_capacity(count);
+    for index in 0..count {
+        match spawn_worker(index, Arc::clone(&proxy), Arc::clone(&state)) {
+            Ok(worker) => workers.push(worker),
+            Err(err) => warn!(error = %err, index, "cannot start a worker"),
+        }
+    }
+    if workers.is_empty() {
+        // Serve from this thread rather than not at all.
+        let (worker, handoffs) = mpsc::unbounded_channel();
+        tokio::spawn(work(handoffs, proxy, state));
+        workers.push(worker);
+    }
+
+    for turn in (0..workers.len()).cycle() {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                accept_error(err).await;
+                continue;
+            }
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                // A worker only stops with the process.
+                let _ = workers[turn].send((stream, remote));
+            }
+            Err(err) => debug!(error = %err, "cannot hand over a connection"),
+        }
+    }
+}
+
+/// A thread with its own single-threaded event loop, serving the connections it is handed.
+fn spawn_worker(
+    index: usize,
+    proxy: Arc<Proxy>,
+    state: Arc<State>,
+) -> io::Result<mpsc::UnboundedSender<Handoff>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (worker, handoffs) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name(format!("lameduck-worker-{index}"))
+        .spawn(move || runtime.block_on(work(handoffs, proxy, state)))?;
+    Ok(worker)
+}
+
+async fn work(
+    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
+    proxy: Arc<Proxy>,
+    state: Arc<State>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -31,12 +97,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, state: Arc<State>) 
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-
-    loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
+    while let Some((stream, remote)) = handoffs.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
             Err(err) => {
-                accept_error(err).await;
+                debug!(error = %err, "cannot take over a connection");
                 continue;
             }
         };
@@ -69,6 +134,7 @@ async fn connection(
     phase.borrow_and_update();
 
     let served = Arc::new(AtomicBool::new(false));
+    let affinity = Arc::new(Affinity::default());
     let service = service_fn({
         let served = Arc::clone(&served);
         let state = Arc::clone(&state);
@@ -76,10 +142,11 @@ async fn connection(
             served.store(true, Relaxed);
             let proxy = Arc::clone(&proxy);
             let state = Arc::clone(&state);
+            let affinity = Arc::clone(&affinity);
             async move {
                 // HTTP/2 has no Connection header: its connections end with GOAWAY.
                 let http1 = req.version() < Version::HTTP_2;
-                let mut resp = proxy.handle(req, remote).await?;
+                let mut resp = proxy.handle(req, remote, &affinity).await?;
                 if http1
                     && state.phase().is_shutting_down()
                     && resp.status() != StatusCode::SWITCHING_PROTOCOLS

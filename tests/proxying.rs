@@ -204,3 +204,34 @@ async fn a_backend_that_breaks_mid_response_does_not_take_lameduck_down() {
     );
     assert_eq!(get(ld.port, "/ready").await.unwrap().status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_client_connection_keeps_its_backend_connection_and_survives_its_close() {
+    let ld = Builder::with_backend().spawn();
+    ld.wait_ready().await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut peer = |path: &'static str| {
+        let req = get_request(path);
+        let sent = sender.send_request(req);
+        async move {
+            let body = sent.await.unwrap().into_body().collect().await.unwrap();
+            String::from_utf8(body.to_bytes().to_vec()).unwrap()
+        }
+    };
+    // Three requests on one client connection travel on one backend connection.
+    let first = peer("/peer").await;
+    assert_eq!(peer("/peer").await, first);
+    // The backend closes it after this response...
+    assert_eq!(peer("/close").await, first);
+    // ...and the next request gets a new one, without an error.
+    let next = peer("/peer").await;
+    assert_ne!(next, first);
+    assert_eq!(peer("/peer").await, next);
+}

@@ -17,7 +17,8 @@
 //!
 //! Routes: `/hello`, `/slow?ms=N`, `/sse?n=N&ms=M`, `/echo`, `/count`, `/download?bytes=N`,
 //! `/headers`, `/upgrade`, `/spawn`, `/exit?code=N`, `/pid`, `/status?code=N`, `/readyz`,
-//! `/healthz`, `/sse-pieces?n=N&ms=M` (each event written in two pieces), `/ws` (WebSocket
+//! `/healthz`, `/peer` (the port lameduck connected from), `/close` (the same, then the
+//! connection closes), `/sse-pieces?n=N&ms=M` (each event written in two pieces), `/ws` (WebSocket
 //! echo), `/grpc.Test/Stream?n=N&ms=M` (gRPC-shaped stream, each message in two pieces, then
 //! `grpc-status: 0`), `/trailers`.
 
@@ -73,12 +74,13 @@ async fn main() {
         .await
         .expect("bind");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
+            let service = service_fn(move |req| route(req, peer.port()));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(route))
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -149,9 +151,17 @@ fn log_line(var: &str, line: &str) {
     }
 }
 
-async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// `peer_port`: the client's port on this connection, which identifies the connection.
+async fn route(mut req: Request<Incoming>, peer_port: u16) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/hello" => ok("hello"),
+        "/peer" => ok(peer_port.to_string()),
+        "/close" => {
+            let mut resp = ok(peer_port.to_string());
+            resp.headers_mut()
+                .insert("connection", "close".parse().unwrap());
+            resp
+        }
         "/readyz" => {
             let after = std::env::var("BACKEND_READY_AFTER_MS")
                 .ok()
