@@ -557,10 +557,17 @@ fn read_toml(path: &Path, what: &str) -> Result<toml::Table, ConfigError> {
         let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
         let key = err.span().and_then(|span| key_at(&text, span.start));
         let key = key.map(|k| format!(" key `{k}`:")).unwrap_or_default();
+        // One line: TOML's message may span several.
+        let message: Vec<&str> = err
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
         ConfigError::Invalid(format!(
             "error: {what} {}{at}:{key} {}",
             path.display(),
-            err.message().trim()
+            message.join("; ")
         ))
     })
 }
@@ -910,6 +917,14 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+
+        let path = temp_file("no-value.toml", "port = 1\ngrace_period = \n");
+        let line = invalid(&["--config", path.to_str().unwrap()]);
+        assert!(
+            line.contains("no-value.toml") && line.contains("grace_period"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line:?}");
 
         let line = invalid(&["--config", "/nonexistent/lameduck.toml"]);
         assert!(line.contains("/nonexistent/lameduck.toml"), "{line}");

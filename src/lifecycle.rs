@@ -76,7 +76,9 @@ pub async fn run(config: Config, listener: TcpListener) -> u8 {
         }
         Some(command) => match Child::spawn(command, config.upstream.port) {
             Ok(child) => {
-                info!(pid = child.pid(), command = ?command.program, "spawned the backend");
+                let words = std::iter::once(&command.program).chain(&command.args);
+                let command: Vec<_> = words.map(|word| word.to_string_lossy()).collect();
+                info!(pid = child.pid(), command = %command.join(" "), "spawned the backend");
                 Some(child)
             }
             Err(err) => {

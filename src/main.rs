@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         tracing::info!(values = %from_cerebrium.join(" "), "read from cerebrium.toml");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections and runs the lifecycle; the workers that serve the
+    // connections run event loops of their own (see `server`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

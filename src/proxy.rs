@@ -403,17 +403,19 @@ fn metrics(method: &Method, text: String) -> Response<ResponseBody> {
     resp
 }
 
-/// 503 for requests lameduck no longer admits: the client should retry, elsewhere.
+/// 503 for requests lameduck no longer admits: the client should retry, elsewhere, on a new
+/// connection.
 fn shutting_down() -> Response<ResponseBody> {
-    refused(r#"{"error":"shutting_down"}"#)
+    let mut resp = refused(r#"{"error":"shutting_down"}"#);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// 503 with `Retry-After`, answered at once.
 fn refused(body: &'static str) -> Response<ResponseBody> {
     let mut resp = json(StatusCode::SERVICE_UNAVAILABLE, body.into());
-    let headers = resp.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    headers.insert(
+    resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from_static(RETRY_AFTER_SECS),
     );

@@ -121,7 +121,8 @@ impl Drop for Observation {
                 path,
                 status = self.status.as_u16(),
                 bytes = self.bytes,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                // Microsecond precision, without float noise.
+                duration_ms = (elapsed.as_micros() as f64) / 1000.0,
                 "request"
             );
         }
