@@ -103,8 +103,13 @@ impl Proxy {
             return Ok(probe(req.method(), status, body));
         }
         if self.metrics_path.as_deref() == Some(path) {
-            if let Some(text) = self.telemetry.render() {
-                return Ok(metrics(req.method(), text));
+            let openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|accept| accept.to_str().ok())
+                .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+            if let Some(exposition) = self.telemetry.render(openmetrics) {
+                return Ok(metrics(req.method(), exposition));
             }
         }
         let observation = self.telemetry.observe(req.method(), path);
@@ -389,16 +394,16 @@ fn probe(method: &Method, status: StatusCode, body: String) -> Response<Response
     resp
 }
 
-fn metrics(method: &Method, text: String) -> Response<ResponseBody> {
+fn metrics(
+    method: &Method,
+    (text, content_type): (String, &'static str),
+) -> Response<ResponseBody> {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed();
     }
     let mut resp = Response::new(ResponseBody::local(Bytes::from(text)));
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

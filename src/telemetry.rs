@@ -86,14 +86,47 @@ impl Telemetry {
         }
     }
 
-    /// The Prometheus text exposition, or `None` when metrics are off.
-    pub fn render(&self) -> Option<String> {
+    /// The exposition and its content type, or `None` when metrics are off: OpenMetrics for
+    /// clients that ask for it (Prometheus does), the classic Prometheus text format otherwise.
+    pub fn render(&self, openmetrics: bool) -> Option<(String, &'static str)> {
         let registry = self.registry.as_ref()?;
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-        Some(out)
+        Some(if openmetrics {
+            (
+                out,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        } else {
+            (classic(&out), "text/plain; version=0.0.4; charset=utf-8")
+        })
     }
+}
+
+/// The classic Prometheus text format (0.0.4) from OpenMetrics text: there a counter family
+/// `x` has samples `x_total`; here the family itself is named `x_total`. No `# UNIT`, no `# EOF`.
+fn classic(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 impl Observation {
@@ -130,6 +163,20 @@ impl Drop for Observation {
 }
 
 /// The counters behind the exposition.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counter_families_by_their_samples() {
+        let openmetrics = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{code=\"200\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# EOF\n";
+        assert_eq!(
+            classic(openmetrics),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{code=\"200\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
+        );
+    }
+}
+
 #[derive(Debug)]
 struct Metrics {
     state: Arc<State>,

@@ -88,6 +88,41 @@ async fn metrics_report_in_flight_requests_by_status_durations_and_phase() {
     assert_eq!(samples[r#"lameduck_phase{phase="ready"}"#], 1.0);
     assert_eq!(samples[r#"lameduck_phase{phase="draining"}"#], 0.0);
     assert_eq!(samples["lameduck_requests_cut_total"], 0.0);
+    // Classic Prometheus text by default: counter families carry their samples' name.
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    assert!(
+        reply
+            .body
+            .contains("# TYPE lameduck_requests_total counter\n"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("# EOF"));
+
+    // OpenMetrics for clients that ask for it, as Prometheus does.
+    let req = http::Request::get("/metrics")
+        .header("host", "x")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let reply = request(ld.port, req).await.unwrap();
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    assert!(
+        reply.body.contains("# TYPE lameduck_requests counter\n"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.ends_with("# EOF\n"));
+    parse_prometheus(&reply.body);
     assert_eq!(slow.await.unwrap().unwrap().status, StatusCode::OK);
 }
 
