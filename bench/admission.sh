@@ -11,28 +11,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=${ROUNDS:-3}
 WRK_DURATION=${WRK_DURATION:-8s}
 
-log() { printf '[admission %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_NAME=admission
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+install_missing nginx:nginx-light wrk:wrk curl:curl python3:python3
+build_lameduck
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-    die "apt-get install ${need[*]} failed"
-fi
-(cd "$ROOT" && cargo build --release -q) || die "build failed"
-LAMEDUCK="$ROOT/target/release/lameduck"
-
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() {
   for _ in $(seq 100); do
     curl -fs -o /dev/null "$1" && return 0

@@ -16,33 +16,12 @@ H2_REQUESTS=${H2_REQUESTS:-200000}
 H2_CLIENTS=${H2_CLIENTS:-16}
 H2_STREAMS=${H2_STREAMS:-10}
 
-log() { printf '[streaming %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_NAME=streaming
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+install_missing h2load:nghttp2-client nghttpd:nghttp2-server python3:python3
+build_lameduck
 
-need=()
-command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v nghttpd >/dev/null 2>&1 || need+=(nghttp2-server)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if ((${#need[@]})); then
-  log "installing: ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-    die "apt-get install ${need[*]} failed"
-fi
-
-log "building lameduck (cargo build --release)"
-(cd "$ROOT" && cargo build --release -q) || die "build failed"
-LAMEDUCK="$ROOT/target/release/lameduck"
-
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
   for _ in $(seq 100); do
     (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
