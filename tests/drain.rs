@@ -179,3 +179,24 @@ async fn without_a_child_lameduck_drains_and_exits_alone() {
     ld.signal(Signal::SIGINT);
     ld.expect_exit(0).await;
 }
+
+#[tokio::test]
+async fn a_request_abandoned_by_its_client_does_not_hold_up_the_drain() {
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "60s"])
+        .spawn();
+    ld.wait_ready().await;
+    let abandoned = tokio::spawn(get(ld.port, "/slow?ms=60000"));
+    let streaming = send(ld.port, get_request("/sse?n=1000&ms=100"))
+        .await
+        .unwrap();
+    wait_active(ld.port, 2).await;
+    // Both clients go away: one while waiting for the head, one in the middle of a stream.
+    abandoned.abort();
+    drop(streaming);
+    wait_active(ld.port, 0).await;
+    ld.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    ld.expect_exit(0).await;
+    assert!(signalled.elapsed() < Duration::from_secs(5), "{}", ld.log());
+}
