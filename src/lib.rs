@@ -25,7 +25,8 @@
 //! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
 //! - [`upstream`]: each HTTP/1.1 client connection's own backend connection, driven inline.
 //! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.
-//! - [`server`]: the accept loop and each connection's graceful close.
+//! - [`server`]: the accept loop, one single-threaded worker per core, and each connection's
+//!   graceful close.
 //! - [`backend`]: probing the backend: is it up, is it healthy.
 //! - [`telemetry`]: Prometheus metrics and the access log.
 //! - [`lifecycle`]: the one place that sequences the phases, with the deadline budget.

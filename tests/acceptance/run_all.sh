@@ -20,8 +20,9 @@ out="${out:-$(mktemp -d /tmp/lameduck-acc-XXXXXX)}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 
-if ! "$py" -c 'import uvicorn' 2>/dev/null; then
-  if [ $install = 1 ]; then "$py" -m pip install --quiet uvicorn; else echo "uvicorn missing: $py -m pip install uvicorn (or pass --install)" >&2; exit 2; fi
+pip_packages="uvicorn websockets grpcio grpcio-tools prometheus_client"
+if ! "$py" -c 'import uvicorn, websockets, grpc, grpc_tools, prometheus_client' 2>/dev/null; then
+  if [ $install = 1 ]; then "$py" -m pip install --quiet $pip_packages; else echo "python packages missing: $py -m pip install $pip_packages (or pass --install)" >&2; exit 2; fi
 fi
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   if [ $install = 1 ]; then apt-get update -qq && apt-get install -y -qq haproxy; else echo "haproxy missing: apt-get install -y haproxy (or pass --install)" >&2; exit 2; fi
@@ -47,6 +48,8 @@ run "B lameduck (retries 0)"         "$here/check_rolling.py" --mode lameduck
 run "B direct baseline (retries 0)"  "$here/check_rolling.py" --mode direct
 run "B lameduck (retries 3, redispatch)"        "$here/check_rolling.py" --mode lameduck --retries 3 --redispatch
 run "B direct baseline (retries 3, redispatch)" "$here/check_rolling.py" --mode direct --retries 3 --redispatch
+run "C streaming, WebSockets, HTTP/2, gRPC"    "$here/check_streaming.py"
+run "D admission, configuration, observability" "$here/check_admission.py"
 echo "=================== summary (logs and JSON results in $out)"
 printf '%s\n' "${summary[@]}"
 "$py" - "$out" <<'PYEOF'
