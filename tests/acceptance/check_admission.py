@@ -231,12 +231,20 @@ def stderr_excerpt(ld: Lameduck, pattern: str | None = None, n: int = 12) -> str
 
 # --------------------------------------------------------------------------- metrics
 
-def parse_metrics(text: str):
-    """{sample name: [(labels, value)]} from both prometheus_client parsers, plus errors."""
+def parse_metrics(port: int):
+    """Scrapes twice, as a classic scraper (no Accept) and as Prometheus (Accept: OpenMetrics),
+    and parses each answer with the matching prometheus_client parser:
+    {kind: {samples: {sample name: [(labels, value)]}, families, error, content_type, text}}."""
     from prometheus_client.parser import text_string_to_metric_families as classic
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
     out = {}
-    for kind, parser in (("classic", classic), ("openmetrics", om)):
+    for kind, parser, accept in (("classic", classic, None),
+                                 ("openmetrics", om, "application/openmetrics-text;version=1.0.0")):
+        conn = http.client.HTTPConnection(c.HOST, port, timeout=5)
+        conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
+        r = conn.getresponse()
+        text = r.read().decode(errors="replace")
+        conn.close()
         samples: dict = {}
         fams = []
         try:
@@ -247,6 +255,7 @@ def parse_metrics(text: str):
             out[kind] = dict(samples=samples, families=fams, error=None)
         except Exception as e:  # noqa: BLE001
             out[kind] = dict(samples=samples, families=fams, error=repr(e))
+        out[kind].update(content_type=r.getheader("content-type"), text=text)
     return out
 
 
@@ -255,11 +264,6 @@ def sample(parsed: dict, name: str, **labels):
         if all(lab.get(k) == v for k, v in labels.items()):
             return val
     return None
-
-
-def scrape(port, path="/metrics"):
-    s, h, b = get(port, path)
-    return s, h, b.decode(errors="replace")
 
 
 # =========================================================================== checks
@@ -283,8 +287,7 @@ def check_1(cwd):
         t_c = c.now()
         time.sleep(0.4)
         c_waiting = creq.t_end is None
-        ms, _h, mt = scrape(ld.port)
-        p = parse_metrics(mt)["openmetrics"]
+        p = parse_metrics(ld.port)["openmetrics"]
         queued = sample(p, "lameduck_requests_queued")
         inflight = sample(p, "lameduck_requests_in_flight")
         rs2, rj2 = jget(ld.port, "/ready")
@@ -607,8 +610,7 @@ def check_7(cwd):
         if not ld.wait_ready():
             record("C7", "metrics", False, "lameduck never became ready")
             return
-        s0, h0, t0 = scrape(ld.port)
-        p0 = parse_metrics(t0)
+        p0 = parse_metrics(ld.port)
         for i in range(5):
             get(ld.port, f"/fast?id=f{i}")
         for _ in range(2):
@@ -618,19 +620,18 @@ def check_7(cwd):
             get(ld.port, "/ready"); get(ld.port, "/health"); get(ld.port, "/metrics")
         slows = [Req(ld.port, f"/slow?ms=2000&id=s{i}").go() for i in range(3)]
         wait_active(ld.port, 3, 3)
-        s1, h1, t1 = scrape(ld.port)
-        p1 = parse_metrics(t1)
+        p1 = parse_metrics(ld.port)
         for r in slows:
             r.join(10)
         time.sleep(0.2)
-        s2, h2, t2 = scrape(ld.port)
-        p2 = parse_metrics(t2)
-        with open(os.path.join(OUT, "c7-metrics-during.txt"), "w") as f:
-            f.write(t1)
-        with open(os.path.join(OUT, "c7-metrics-after.txt"), "w") as f:
-            f.write(t2)
+        p2 = parse_metrics(ld.port)
+        for moment, parsed in (("during", p1), ("after", p2)):
+            for kind in ("classic", "openmetrics"):
+                with open(os.path.join(OUT, f"c7-metrics-{moment}-{kind}.txt"), "w") as f:
+                    f.write(parsed[kind]["text"])
         rows = []
-        all_ok = s1 == 200 and s2 == 200
+        all_ok = (p2["classic"]["content_type"].startswith("text/plain")
+                  and p2["openmetrics"]["content_type"].startswith("application/openmetrics-text"))
         for kind in ("classic", "openmetrics"):
             a, b, z = p1[kind], p2[kind], p0[kind]
             vals = dict(
@@ -657,7 +658,8 @@ def check_7(cwd):
             rows.append(f"{kind}: parse errors {a['error'] or b['error'] or z['error']}; {vals}; "
                         f"families {types}")
         record("C7", "metrics parse and match the traffic", all_ok,
-               f"Content-Type {h1.get('content-type')!r}; sent 5x200 + 2x404 + 1x500 + 3 slow "
+               f"Content-Types {p1['classic']['content_type']!r} / {p1['openmetrics']['content_type']!r}; "
+               f"sent 5x200 + 2x404 + 1x500 + 3 slow "
                f"(+ 9 probe/metrics hits, not to be counted); " + " | ".join(rows))
         # what a classic (0.0.4) scraper gets when it asks for text/plain
         conn = http.client.HTTPConnection(c.HOST, ld.port, timeout=5)
