@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
 use crate::body::{Announced, ResponseBody};
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Protocol, Upstream};
 use crate::readiness::{Admission, Ending, InFlight, State};
 use crate::telemetry::Telemetry;
 use crate::tunnel;
@@ -39,8 +39,7 @@ pub struct Proxy {
     /// With `--upstream-protocol http2`, upgrades (WebSockets) still need HTTP/1.1: HTTP/2 has no
     /// `Upgrade`. `None` when `client` already speaks HTTP/1.1.
     upgrade_client: Option<Client<HttpConnector, Incoming>>,
-    upstream: Authority,
-    upstream_addr: crate::config::Upstream,
+    upstream: Upstream,
     ready_path: String,
     health_path: String,
     metrics_path: Option<String>,
@@ -73,8 +72,7 @@ impl Proxy {
             telemetry,
             client,
             upgrade_client,
-            upstream: config.upstream.authority.clone(),
-            upstream_addr: config.upstream.clone(),
+            upstream: config.upstream.clone(),
             ready_path: config.ready_path.clone(),
             health_path: config.health_path.clone(),
             metrics_path: config.metrics_path.clone(),
@@ -191,7 +189,7 @@ impl Proxy {
         if !parts.headers.contains_key(header::HOST) {
             let host = host
                 .clone()
-                .or_else(|| HeaderValue::from_str(self.upstream.as_str()).ok());
+                .or_else(|| HeaderValue::from_str(self.upstream.authority.as_str()).ok());
             if let Some(host) = host {
                 parts.headers.insert(header::HOST, host);
             }
@@ -205,7 +203,7 @@ impl Proxy {
         let req = Request::from_parts(parts, body);
         let exchange = async {
             if inline {
-                let (resp, link) = upstream::send(affinity, &self.upstream_addr, req).await?;
+                let (resp, link) = upstream::send(affinity, &self.upstream, req).await?;
                 Ok((resp, Some((link, Arc::clone(affinity)))))
             } else {
                 let resp = client.request(req).await?;
@@ -257,7 +255,7 @@ impl Proxy {
     fn upstream_uri(&self, original: &Uri) -> Uri {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.upstream.clone());
+        parts.authority = Some(self.upstream.authority.clone());
         parts.path_and_query = Some(
             original
                 .path_and_query()

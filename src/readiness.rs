@@ -259,13 +259,7 @@ impl State {
 
     /// Resolves once [`State::cut`] has been called.
     pub async fn cut_signal(&self) {
-        let notified = self.cut_notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.is_cut() {
-            return;
-        }
-        notified.await
+        wait_until(&self.cut_notify, || self.is_cut()).await
     }
 
     /// Counts how one request in flight at the cut ended.
@@ -403,6 +397,20 @@ impl Ending {
     }
 }
 
+/// Resolves once `done()` holds, re-checking each time `notify` wakes its waiters.
+async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Register before checking, so a change between the check and the await still wakes us.
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// A count with a way to wait for it to reach zero.
 #[derive(Debug, Default)]
 struct Gauge {
@@ -412,16 +420,7 @@ struct Gauge {
 
 impl Gauge {
     async fn wait_zero(&self) {
-        loop {
-            let notified = self.zero.notified();
-            tokio::pin!(notified);
-            // Register before checking, so a decrement between the check and the await still wakes us.
-            notified.as_mut().enable();
-            if self.count.load(SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        wait_until(&self.zero, || self.count.load(SeqCst) == 0).await
     }
 
     /// Returns true when this took the count to zero.
