@@ -101,28 +101,18 @@ fn precedence_is_flag_then_env_then_file_then_cerebrium_then_default() {
             .unwrap_or_else(|| panic!("{key} missing from {stdout}"))
             .to_string()
     };
-    assert!(
-        line("port").contains("9004") && line("port").contains("# flag"),
-        "{stdout}"
-    );
-    assert!(
-        line("grace_period").contains("20s")
-            && line("grace_period").contains("LAMEDUCK_GRACE_PERIOD"),
-        "{stdout}"
-    );
-    assert!(
-        line("drain_delay").contains("4s") && line("drain_delay").contains("lameduck.toml"),
-        "{stdout}"
-    );
-    assert!(
-        line("max_concurrency").contains('7')
-            && line("max_concurrency").contains("replica_concurrency"),
-        "{stdout}"
-    );
-    assert!(
-        line("child_stop_timeout").contains("5s") && line("child_stop_timeout").contains("default"),
-        "{stdout}"
-    );
+    let expect = |key: &str, value: &str, source: &str| {
+        let line = line(key);
+        assert!(
+            line.contains(value) && line.contains(source),
+            "{key}: {line}"
+        );
+    };
+    expect("port", "9004", "# flag");
+    expect("grace_period", "20s", "LAMEDUCK_GRACE_PERIOD");
+    expect("drain_delay", "4s", "lameduck.toml");
+    expect("max_concurrency", "7", "replica_concurrency");
+    expect("child_stop_timeout", "5s", "default");
 }
 
 #[tokio::test]

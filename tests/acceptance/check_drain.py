@@ -287,9 +287,4 @@ def main():
 
 
 if __name__ == "__main__":
-    c.log("load average at start: %.2f %.2f %.2f" % os.getloadavg())
-    try:
-        sys.exit(main())
-    finally:
-        c.log("load average at end: %.2f %.2f %.2f" % os.getloadavg())
-        c.cleanup()
+    c.run_main(main)

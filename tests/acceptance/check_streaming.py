@@ -587,6 +587,4 @@ def main():
 
 
 if __name__ == "__main__":
-    code = main()
-    c.cleanup()
-    sys.exit(code)
+    c.run_main(main)

@@ -148,6 +148,17 @@ def cleanup() -> None:
             pass
 
 
+
+def run_main(main) -> None:
+    """Runs a check script's main(): logs the load around it, always stops what it started,
+    and exits with main's status."""
+    log("load average at start: %.2f %.2f %.2f" % os.getloadavg())
+    try:
+        sys.exit(main())
+    finally:
+        log("load average at end: %.2f %.2f %.2f" % os.getloadavg())
+        cleanup()
+
 def _on_signal(signum, _frame):
     cleanup()
     sys.exit(128 + signum)
