@@ -49,7 +49,10 @@ fn main() -> ExitCode {
                 return exit::FORCED;
             }
         };
-        tracing::info!(address = %config.listen, "listening");
+        // With `--port 0` the kernel picks the port: log the one actually bound, which is how
+        // tests (and scripts) find it.
+        let address = listener.local_addr().unwrap_or(config.listen);
+        tracing::info!(%address, "listening");
         lifecycle::run(config, listener).await
     });
     // Connections still open are dropped here; nothing of the child's is left by now.
