@@ -1,85 +1,414 @@
-//! Probing the backend: whether it is up (its port accepts, or `--backend-ready-path` answers
-//! 2xx) and whether it stays healthy (`--backend-health-path`, checked in the background).
+//! Every connection to the backend, its timeouts, and its errors.
+//!
+//! Requests reach the backend three ways, chosen by [`Backend::send`]:
+//!
+//! - **Kept link** (HTTP/1.1 client, HTTP/1.1 backend, no upgrade): an HTTP/1.1 client
+//!   connection carries one request at a time, so it keeps one backend connection of its own
+//!   ([`Affinity`]) and drives it from its own task, while the request waits for its response
+//!   head and then while the response body streams (the body polls the [`Lease`]). No pool, no
+//!   lock contention, no hop to another task per request.
+//! - **Pool** (HTTP/2 clients, many requests at once; or `--upstream-protocol http2`): hyper's
+//!   pooled client.
+//! - **Upgrade** (WebSockets): a fresh HTTP/1.1 connection that becomes the tunnel (HTTP/2 has
+//!   no `Upgrade`, so this holds even with `--upstream-protocol http2`).
+//!
+//! Probes ([`Backend::is_up`], [`Backend::check`]) use a fresh connection each, so a probe never
+//! holds a connection a request could use.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Uri};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use http_body::Body;
 use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::debug;
 
-use crate::config::Upstream;
-use crate::readiness::State;
+use crate::config::{Protocol, Upstream};
 
+/// An idle backend connection is not reused after this long: typical backends (Node, uvicorn:
+/// 5 s) close theirs soon after, and a request must never be written onto a closing connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one probe of a backend path may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often `--backend-health-path` is checked.
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Why a request could not be sent to the backend, or got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("the backend refused the connection")]
+    Refused(#[source] io::Error),
+    #[error("connecting to the backend timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("cannot connect to the backend")]
+    Connect(#[source] io::Error),
+    #[error("the backend closed the connection before answering")]
+    Closed(#[source] hyper::Error),
+    #[error("the backend's response is not valid HTTP")]
+    BadResponse(#[source] hyper::Error),
+    #[error("the backend request failed")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl BackendError {
+    /// A short, stable name for error bodies and metrics; the details go to the log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackendError::Refused(_) => "backend_refused",
+            BackendError::ConnectTimeout(_) => "backend_connect_timeout",
+            BackendError::Connect(_) => "backend_unreachable",
+            BackendError::Closed(_) => "backend_closed",
+            BackendError::BadResponse(_) => "backend_bad_response",
+            BackendError::Failed(_) => "backend_failed",
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, BackendError::ConnectTimeout(_))
+    }
+
+    fn from_connect(err: io::Error) -> BackendError {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => BackendError::Refused(err),
+            io::ErrorKind::TimedOut => BackendError::ConnectTimeout(CONNECT_TIMEOUT),
+            _ => BackendError::Connect(err),
+        }
+    }
+
+    fn from_hyper(err: hyper::Error) -> BackendError {
+        if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+            BackendError::BadResponse(err)
+        } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+            BackendError::Closed(err)
+        } else {
+            BackendError::Failed(err.into())
+        }
+    }
+
+    /// The pooled client wraps connect errors: classify by the IO error underneath, keeping the
+    /// whole chain for the log.
+    fn from_pool(err: hyper_util::client::legacy::Error) -> BackendError {
+        if !err.is_connect() {
+            return BackendError::Failed(err.into());
+        }
+        let mut kind = io::ErrorKind::Other;
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<io::Error>() {
+                kind = io.kind();
+                break;
+            }
+            source = cause.source();
+        }
+        BackendError::from_connect(io::Error::new(kind, err))
+    }
+}
+
+/// Every way to reach the backend.
 #[derive(Debug)]
 pub struct Backend {
     upstream: Upstream,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// For HTTP/2 clients, and every non-upgrade request with `--upstream-protocol http2`.
+    pool: Client<HttpConnector, Incoming>,
+    pool_version: Version,
 }
 
 impl Backend {
-    pub fn new(upstream: Upstream) -> Backend {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(HttpConnector::new());
-        Backend { upstream, client }
+    pub fn new(upstream: Upstream, protocol: Protocol) -> Backend {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let mut pool = Client::builder(TokioExecutor::new());
+        pool.pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new());
+        let pool_version = match protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::Http2 => {
+                pool.http2_only(true);
+                Version::HTTP_2
+            }
+        };
+        Backend {
+            upstream,
+            pool: pool.build(connector),
+            pool_version,
+        }
+    }
+
+    /// The backend's `host:port`, as a `Host` header when the client sent none.
+    pub fn authority(&self) -> &str {
+        self.upstream.authority.as_str()
+    }
+
+    /// Sends `req` (its headers already rewritten for the backend) and returns the response
+    /// head, with the kept link its body must go on driving, if it went over one. `affinity` is
+    /// the backend connection kept by the client connection the request came on; `upgrade`
+    /// says the request asks for one.
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        affinity: &Arc<Affinity>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
+        let client_http2 = req.version() == Version::HTTP_2;
+        if upgrade {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = origin_form(req.uri());
+            return self.send_upgrade(req).await.map(|resp| (resp, None));
+        }
+        if client_http2 || self.pool_version == Version::HTTP_2 {
+            *req.version_mut() = self.pool_version;
+            *req.uri_mut() = self.absolute(req.uri());
+            let resp = self.pool.request(req).await;
+            return resp
+                .map(|resp| (resp, None))
+                .map_err(BackendError::from_pool);
+        }
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = origin_form(req.uri());
+        let (resp, link) = self.send_kept(affinity, req).await?;
+        let lease = Lease {
+            link,
+            affinity: Arc::clone(affinity),
+        };
+        Ok((resp, Some(lease)))
+    }
+
+    /// Sends `req` on the client connection's kept link (or a new one), driving the link until
+    /// the response head arrives. A request that a closing link could not take is retried once
+    /// on a new link: it was never written, so sending it again is safe.
+    async fn send_kept(
+        &self,
+        affinity: &Affinity,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Box<Link<Incoming>>), BackendError> {
+        let (reused, mut link) = match affinity.take() {
+            Some(link) => (true, link),
+            None => (false, self.connect().await?),
+        };
+        match link.drive(req).await {
+            Ok(resp) => Ok((resp, link)),
+            Err(mut err) => match err.take_message() {
+                Some(req) if reused => {
+                    debug!("the kept backend connection was closing; retrying on a new one");
+                    let mut link = self.connect().await?;
+                    let resp = link.drive(req).await;
+                    let resp = resp.map_err(|err| BackendError::from_hyper(err.into_error()))?;
+                    Ok((resp, link))
+                }
+                _ => Err(BackendError::from_hyper(err.into_error())),
+            },
+        }
+    }
+
+    /// A fresh HTTP/1.1 connection that can become a tunnel once the backend answers 101.
+    async fn send_upgrade(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BackendError> {
+        let stream = self.connect_tcp().await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(BackendError::from_hyper)?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                debug!(error = %err, "upgrade connection to the backend ended with an error");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(BackendError::from_hyper)
     }
 
     /// Whether the backend is up: its port accepts, or, given a path, that path answers 2xx.
     pub async fn is_up(&self, ready_path: Option<&str>) -> bool {
         match ready_path {
             Some(path) => self.check(path).await.is_ok(),
-            None => TcpStream::connect((self.upstream.host.as_str(), self.upstream.port))
-                .await
-                .is_ok(),
+            None => self.connect_tcp().await.is_ok(),
         }
     }
 
-    /// GET `path` on the backend: `Ok` on 2xx, else why not.
+    /// GET `path` on the backend: `Ok` on 2xx, else why not (for `/health`'s `reason`).
     pub async fn check(&self, path: &str) -> Result<(), String> {
-        let uri: Uri = format!("http://{}{path}", self.upstream.authority)
+        let uri: Uri = path
             .parse()
             .map_err(|err| format!("bad path {path}: {err}"))?;
         let req = Request::get(uri)
-            .header("user-agent", "lameduck")
-            .body(Empty::new())
+            .header(http::header::HOST, self.authority())
+            .header(http::header::USER_AGENT, "lameduck")
+            .body(Empty::<Bytes>::new())
             .map_err(|err| err.to_string())?;
-        match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
+        let answer = async {
+            let mut link = self.connect::<Empty<Bytes>>().await?;
+            let resp = link.drive(req).await;
+            resp.map_err(|err| BackendError::from_hyper(err.into_error()))
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
             Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
             Ok(Ok(resp)) => Err(format!(
                 "backend {path} answered {}",
                 resp.status().as_u16()
             )),
-            Ok(Err(err)) => Err(format!("backend {path} failed: {err}")),
+            Ok(Err(err)) => Err(format!("backend {path} failed: {}", err.code())),
             Err(_) => Err(format!(
                 "backend {path} did not answer within {PROBE_TIMEOUT:?}"
             )),
         }
     }
 
-    /// Checks `path` forever, folding the result into `/health`.
-    pub async fn watch_health(self: Arc<Self>, path: String, state: Arc<State>) {
-        let mut healthy = true;
-        loop {
-            tokio::time::sleep(HEALTH_INTERVAL).await;
-            let result = self.check(&path).await;
-            match (&result, healthy) {
-                (Err(reason), true) => warn!(%reason, "the backend's health check fails"),
-                (Ok(()), false) => info!(path, "the backend's health check passes again"),
-                _ => {}
-            }
-            healthy = result.is_ok();
-            state.set_backend_health(result.err());
+    async fn connect_tcp(&self) -> Result<TcpStream, BackendError> {
+        let connect = TcpStream::connect((self.upstream.host.as_str(), self.upstream.port));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| BackendError::ConnectTimeout(CONNECT_TIMEOUT))?
+            .map_err(BackendError::from_connect)?;
+        stream.set_nodelay(true).map_err(BackendError::Connect)?;
+        Ok(stream)
+    }
+
+    /// A new HTTP/1.1 link. Boxed: the connection is large, and moves between the client
+    /// connection and each response body that drives it.
+    async fn connect<B>(&self) -> Result<Box<Link<B>>, BackendError>
+    where
+        B: Body + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(BackendError::from_hyper)?;
+        Ok(Box::new(Link {
+            sender,
+            conn: Some(conn),
+            last_used: Instant::now(),
+        }))
+    }
+
+    /// The absolute URI the pooled client needs.
+    fn absolute(&self, original: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.upstream.authority.clone());
+        parts.path_and_query = Some(path_and_query(original));
+        // Cannot fail: scheme, authority and path were each valid on their own.
+        Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
+    }
+}
+
+/// The path and query alone, as an HTTP/1.1 request line carries them.
+fn origin_form(original: &Uri) -> Uri {
+    Uri::from(path_and_query(original))
+}
+
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// The backend connection a client connection keeps between its requests.
+#[derive(Debug, Default)]
+pub struct Affinity(Mutex<Option<Box<Link<Incoming>>>>);
+
+impl Affinity {
+    /// Takes the kept link if it can carry a request now.
+    fn take(&self) -> Option<Box<Link<Incoming>>> {
+        // Only this client connection's task touches the lock, one request at a time.
+        let mut link = self.0.lock().ok()?.take()?;
+        (link.last_used.elapsed() < IDLE_TIMEOUT && link.is_ready()).then_some(link)
+    }
+
+    fn put(&self, link: Box<Link<Incoming>>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(link);
         }
+    }
+}
+
+/// A kept link lent to one response: its body drives the link's IO, and gives it back to the
+/// client connection once the response is complete.
+#[derive(Debug)]
+pub struct Lease {
+    link: Box<Link<Incoming>>,
+    affinity: Arc<Affinity>,
+}
+
+impl Lease {
+    /// Moves the connection's IO along (the response body arrives through it).
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) {
+        self.link.poll_io(cx);
+    }
+
+    /// The response is complete: the link is free for the client connection's next request.
+    pub fn give_back(mut self) {
+        self.link.last_used = Instant::now();
+        self.affinity.put(self.link);
+    }
+}
+
+/// One HTTP/1.1 connection to the backend, and the future that drives its IO.
+#[derive(Debug)]
+struct Link<B: Body + 'static> {
+    sender: SendRequest<B>,
+    conn: Option<Connection<TokioIo<TcpStream>, B>>,
+    last_used: Instant,
+}
+
+impl<B> Link<B>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Moves the connection's IO along. Returns false once the connection has ended.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = &mut self.conn else {
+            return false;
+        };
+        if Pin::new(conn).poll(cx).is_ready() {
+            self.conn = None;
+            return false;
+        }
+        true
+    }
+
+    /// Whether a request can be sent now: the connection is alive and idle.
+    fn is_ready(&mut self) -> bool {
+        // Let the connection notice a close by the backend before trusting it.
+        self.poll_io(&mut Context::from_waker(std::task::Waker::noop())) && self.sender.is_ready()
+    }
+
+    /// Sends `req` and polls the link's IO until the response head arrives.
+    async fn drive(
+        &mut self,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
+        let response = self.sender.try_send_request(req);
+        tokio::pin!(response);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            // The response arrives through the connection's IO: drive it. Once the connection
+            // has ended, the response future resolves with its error.
+            self.poll_io(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
     }
 }

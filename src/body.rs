@@ -10,7 +10,6 @@
 //!   that looks complete).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -18,10 +17,11 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::admission::InFlight;
+use crate::backend::Lease;
+use crate::cut::{CutWatch, Ending};
 use crate::framing::{Boundaries, GrpcMessages};
-use crate::readiness::{Ending, InFlight};
 use crate::telemetry::Observation;
-use crate::upstream::{Affinity, Link};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,12 +48,13 @@ struct Proxied {
     body: Incoming,
     /// Holds the request's in-flight count (and concurrency slot) until the last frame.
     in_flight: Option<InFlight>,
+    cut: CutWatch,
     shape: Shape,
     /// The cut has come; the shape is ending the response.
     cutting: bool,
-    /// The backend connection carrying this response, when driven inline (see
-    /// [`crate::upstream`]): polled here, and handed back to its client connection at the end.
-    link: Option<(Box<Link>, Arc<Affinity>)>,
+    /// The kept backend connection carrying this response, if any (see [`crate::backend`]):
+    /// polled here, and given back to its client connection at the end.
+    lease: Option<Lease>,
 }
 
 /// What the response carries, which decides how it can end early.
@@ -114,9 +115,10 @@ impl ResponseBody {
     pub fn proxied(
         body: Incoming,
         in_flight: InFlight,
+        cut: CutWatch,
         announced: Announced,
         sse_shutdown_event: bool,
-        link: Option<(Box<Link>, Arc<Affinity>)>,
+        lease: Option<Lease>,
     ) -> ResponseBody {
         let shape = if announced.event_stream {
             Shape::EventStream {
@@ -131,9 +133,10 @@ impl ResponseBody {
         ResponseBody::new(Kind::Proxied(Proxied {
             body,
             in_flight: Some(in_flight),
+            cut,
             shape,
             cutting: false,
-            link,
+            lease,
         }))
     }
 }
@@ -187,14 +190,14 @@ impl Body for ResponseBody {
 impl Proxied {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            let Some(in_flight) = &self.in_flight else {
+            if self.in_flight.is_none() {
                 return Poll::Ready(None);
-            };
-            if let Some((link, _)) = &mut self.link {
-                // The body arrives through the connection's IO: drive it.
-                link.poll_io(cx);
             }
-            if !self.cutting && in_flight.is_cut() {
+            if let Some(lease) = &mut self.lease {
+                // The body arrives through the connection's IO: drive it.
+                lease.poll_io(cx);
+            }
+            if !self.cutting && self.cut.has_come() {
                 self.cutting = true;
             }
             if self.cutting {
@@ -204,11 +207,7 @@ impl Proxied {
             }
             let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => {
-                    let cut = match &mut self.in_flight {
-                        Some(in_flight) if !self.cutting => in_flight.poll_cut(cx).is_ready(),
-                        _ => false,
-                    };
-                    if cut {
+                    if !self.cutting && self.cut.poll(cx).is_ready() {
                         self.cutting = true;
                         continue;
                     }
@@ -259,9 +258,8 @@ impl Proxied {
     /// event still held back, passed on as the backend left it.
     fn complete(&mut self) -> Option<Bytes> {
         self.in_flight = None;
-        if let Some((mut link, affinity)) = self.link.take() {
-            link.touch();
-            affinity.put(link);
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
         }
         match &mut self.shape {
             Shape::EventStream { held, .. } if !held.is_empty() => Some(held.split().freeze()),
@@ -279,7 +277,7 @@ impl Proxied {
                 shutdown_event,
             } => {
                 held.clear();
-                in_flight.count_ending(Ending::SseEnded);
+                self.cut.count(Ending::SseEnded);
                 shutdown_event.then(|| Ok(Frame::data(Bytes::from_static(SSE_SHUTDOWN_EVENT))))
             }
             Shape::Grpc(messages) if !messages.at_boundary() => {
@@ -287,11 +285,11 @@ impl Proxied {
                 return None;
             }
             Shape::Grpc(_) => {
-                in_flight.count_ending(Ending::GrpcUnavailable);
+                self.cut.count(Ending::GrpcUnavailable);
                 Some(Ok(Frame::trailers(grpc_unavailable())))
             }
             Shape::Plain => {
-                in_flight.count_ending(Ending::Torn);
+                self.cut.count(Ending::Torn);
                 Some(Err("response cut at the drain deadline".into()))
             }
         };

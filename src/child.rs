@@ -169,22 +169,30 @@ impl Child {
 
     /// Leaves nothing of the child's running: SIGKILL to whatever remains of its process group
     /// and to every orphan reparented to lameduck (those that left the group included), then
-    /// reaps them.
-    pub async fn clean_up(&mut self) {
+    /// reaps them. Gives up after `limit`, so it fits in the shutdown budget.
+    pub async fn clean_up(&mut self, limit: Duration) {
+        const ROUND: Duration = Duration::from_millis(10);
         signal_group(self.pid, Signal::SIGKILL);
-        for _ in 0..50 {
+        let give_up = tokio::time::Instant::now() + limit;
+        loop {
             let orphans = children_of(std::process::id());
             if orphans.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                warn!(
+                    left = orphans.len(),
+                    "some descendants of the child could not be stopped"
+                );
                 return;
             }
             for pid in orphans {
                 debug!(pid, "killing an orphan of the child");
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(ROUND).await;
             self.reap();
         }
-        warn!("some descendants of the child could not be stopped");
     }
 
     /// Collects every exited process lameduck parents, remembering the child's own status.

@@ -16,32 +16,43 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: command line and environment -> a validated [`config::Config`]; no side effects.
+//! Data flows one way, from the top of this list down:
+//!
+//! - [`config`]: command line, environment and files -> a validated [`config::Config`]; no side
+//!   effects.
+//! - [`lifecycle`]: the one place that sequences the phases, with the deadline budget.
 //! - [`signals`]: OS signals -> lifecycle events.
 //! - [`child`]: spawn the backend in its own process group, forward signals, stop it, reap.
-//! - [`readiness`]: the shared phase, in-flight counting, and the `/ready` and `/health` answers.
-//! - [`proxy`]: the request path: local endpoints, forwarding, header rules, error responses.
-//! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
-//! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
-//! - [`upstream`]: each HTTP/1.1 client connection's own backend connection, driven inline.
-//! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.
 //! - [`server`]: the accept loop, one single-threaded worker per core, and each connection's
 //!   graceful close.
-//! - [`backend`]: probing the backend: is it up, is it healthy.
+//! - [`proxy`]: the request path: local endpoints, admission, forwarding, every error response.
+//! - [`headers`]: every header rule (hop-by-hop, `X-Forwarded-*`, `Connection: close`).
+//! - [`backend`]: every connection to the backend (kept, pooled, upgrade, probe), its timeouts
+//!   and its errors.
+//! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
+//! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
+//! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.
+//! - [`phase`]: the phase: one watch cell, written by the lifecycle only.
+//! - [`admission`]: the in-flight count and guard, concurrency slots and their queue,
+//!   drain-quiet timing.
+//! - [`cut`]: the drain deadline's cut, and how each request in flight ended.
+//! - [`probes`]: the `/ready` and `/health` answers, and the backend's own health check.
 //! - [`telemetry`]: Prometheus metrics and the access log.
-//! - [`lifecycle`]: the one place that sequences the phases, with the deadline budget.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod backend;
 pub mod body;
 pub mod child;
 pub mod config;
+pub mod cut;
 pub mod framing;
+pub mod headers;
 pub mod lifecycle;
+pub mod phase;
+pub mod probes;
 pub mod proxy;
-pub mod readiness;
 pub mod server;
 pub mod signals;
 pub mod telemetry;
 pub mod tunnel;
-pub mod upstream;

@@ -1,34 +1,66 @@
 //! The one place that sequences lameduck's life:
 //! starting -> ready -> draining -> stopping child -> exit, inside one deadline budget.
 //!
-//! Read [`run`] top to bottom: each phase is a few lines, and every way out of it (a signal, the
-//! child dying, a deadline) is one arm of a `select!`.
+//! Read [`Lifecycle::run`] top to bottom: each phase is a few lines, and every way out of it (a
+//! signal, the child dying, a deadline) is one arm of a `select!`.
+//!
+//! # The deadline budget
+//!
+//! The platform SIGKILLs lameduck `--grace-period` after its SIGTERM. That time is spent as:
+//!
+//! ```text
+//! SIGTERM ── drain (drain budget) ── cut (CUT_GRACE) ── stop child (--child-stop-timeout) ── clean up (CHILD_CLEAN_UP) ── exit (EXIT_SLACK) ── SIGKILL
+//!            └──────────────────────────────────────────── --grace-period ────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! so the drain budget is `grace_period - child_stop_timeout - EXIT_MARGIN`, where
+//! `EXIT_MARGIN = CUT_GRACE + CHILD_CLEAN_UP + EXIT_SLACK` (1 s, checked when compiling). A drain
+//! that ends early lets the last responses flush for up to [`FLUSH_LINGER`], never past the drain
+//! deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
+use crate::admission::{Admission, Gauge};
 use crate::backend::Backend;
 use crate::child::{self, Child, ExitStatus, Stopped};
 use crate::config::Config;
+use crate::cut::Cut;
+use crate::phase::{self, Phase, PhaseWriter};
+use crate::probes::Probes;
 use crate::proxy::Proxy;
-use crate::readiness::{Phase, State};
-use crate::server;
-use crate::signals::{self, Signal, Signals};
+use crate::server::{self, Shared};
+use crate::signals::{self, Signal};
 use crate::telemetry::Telemetry;
+
+/// Kept between the end of the child's stop timeout and the platform's SIGKILL.
+pub const EXIT_MARGIN: Duration = Duration::from_secs(1);
+/// At the cut, how long requests get to end gracefully (close frames, final events, trailers,
+/// 503s) and flush.
+const CUT_GRACE: Duration = Duration::from_millis(500);
+/// After the child has stopped, how long lameduck may spend killing and reaping what is left of
+/// its descendants.
+const CHILD_CLEAN_UP: Duration = Duration::from_millis(300);
+/// Reaping the SIGKILLed child, the final log line, and the process exit itself.
+const EXIT_SLACK: Duration = Duration::from_millis(200);
+const _: () = assert!(
+    CUT_GRACE.as_millis() + CHILD_CLEAN_UP.as_millis() + EXIT_SLACK.as_millis()
+        == EXIT_MARGIN.as_millis(),
+    "the shutdown steps after the drain must fit in the exit margin"
+);
+/// After the last response of a drain that ended early, how long finished connections get to
+/// flush before the child stops. Spent inside the drain budget.
+const FLUSH_LINGER: Duration = Duration::from_millis(500);
 
 /// How often the upstream's port is probed while it starts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// How often `--backend-ready-path` is asked while the backend starts.
 const READY_PATH_INTERVAL: Duration = Duration::from_millis(100);
-/// After the last response, how long finished connections get to flush before the child stops.
-const FLUSH_LINGER: Duration = Duration::from_millis(500);
-/// At the cut, how long requests get to end gracefully (close frames, final events, trailers,
-/// 503s) and flush, taken from the exit margin.
-const CUT_GRACE: Duration = Duration::from_millis(500);
 
 /// Exit statuses (SPEC §4).
 pub mod exit {
@@ -41,32 +73,21 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
-/// Something that moves the lifecycle on.
-#[derive(Debug)]
-enum Event {
-    /// SIGTERM/SIGINT (graceful) or a second one / SIGQUIT (fast).
-    Stop(Stop),
-    /// The child exited on its own.
-    ChildExited(ExitStatus),
+/// How long after the shutdown signal the drain may last, so that lameduck has exited before
+/// the platform's SIGKILL.
+pub fn drain_budget(grace_period: Duration, child_stop_timeout: Duration) -> Duration {
+    grace_period
+        .saturating_sub(child_stop_timeout)
+        .saturating_sub(EXIT_MARGIN)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// Drain, then stop the child.
-    Graceful,
-    /// Skip the drain: stop the child now.
-    Fast,
-}
-
-/// Runs lameduck on `listener` until shutdown, and returns the exit status.
-pub async fn run(config: Config, listener: TcpListener) -> u8 {
-    let signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(err) => {
-            error!(error = %err, "cannot install signal handlers");
-            return exit::FORCED;
-        }
-    };
+/// Runs lameduck on `listener` until shutdown, moved on by `signals`, and returns the exit
+/// status. The caller binds the listener and supplies the signals, so tests can do both.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    signals: impl Stream<Item = Signal> + Unpin,
+) -> u8 {
     let child = match &config.command {
         None => {
             if std::process::id() == 1 {
@@ -87,44 +108,91 @@ pub async fn run(config: Config, listener: TcpListener) -> u8 {
             }
         },
     };
-
-    let state = State::new(config.max_concurrency);
-    let telemetry = Telemetry::new(
-        Arc::clone(&state),
-        config.metrics_path.is_some(),
-        config.log.access_log,
-    );
-    let proxy = Arc::new(Proxy::new(
-        &config,
-        Arc::clone(&state),
-        Arc::clone(&telemetry),
-    ));
-    tokio::spawn(server::serve(listener, proxy, Arc::clone(&state)));
-
-    let mut life = Lifecycle {
-        backend: Arc::new(Backend::new(config.upstream.clone())),
-        config,
-        state,
-        telemetry,
-        signals,
-        child,
-        terminations: 0,
-    };
+    let (life, shared) = Lifecycle::new(config, signals, child);
+    tokio::spawn(server::serve(listener, shared));
     life.run().await
 }
 
-struct Lifecycle {
+/// Something that moves the lifecycle on.
+#[derive(Debug)]
+enum Event {
+    Stop(Stop),
+    /// The child exited on its own.
+    ChildExited(ExitStatus),
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The first SIGTERM/SIGINT: drain, then stop the child.
+    Graceful,
+    /// A second one, or SIGQUIT: skip the drain, stop the child now.
+    Fast,
+}
+
+struct Lifecycle<S> {
     config: Config,
-    state: Arc<State>,
+    phase: PhaseWriter,
+    admission: Arc<Admission>,
+    cut: Arc<Cut>,
+    probes: Arc<Probes>,
     telemetry: Arc<Telemetry>,
     backend: Arc<Backend>,
-    signals: Signals,
+    connections: Arc<Gauge>,
+    signals: S,
     child: Option<Child>,
     terminations: u32,
 }
 
-impl Lifecycle {
-    async fn run(&mut self) -> u8 {
+impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
+    /// Builds every shared part; returns the lifecycle and what the connections share.
+    fn new(config: Config, signals: S, child: Option<Child>) -> (Lifecycle<S>, Arc<Shared>) {
+        let (phase, phases) = phase::cell();
+        let admission = Admission::new(phases.clone(), config.max_concurrency);
+        let cut = Cut::new();
+        let probes = Arc::new(Probes::new(phases.clone(), Arc::clone(&admission)));
+        let telemetry = Telemetry::new(
+            Arc::clone(&admission),
+            phases.clone(),
+            config.metrics_path.is_some(),
+            config.log.access_log,
+        );
+        let backend = Arc::new(Backend::new(
+            config.upstream.clone(),
+            config.upstream_protocol,
+        ));
+        let connections = Arc::new(Gauge::default());
+        let proxy = Proxy::new(
+            &config,
+            Arc::clone(&backend),
+            phases.clone(),
+            Arc::clone(&admission),
+            Arc::clone(&cut),
+            Arc::clone(&probes),
+            Arc::clone(&telemetry),
+        );
+        let shared = Arc::new(Shared {
+            proxy,
+            phase: phases,
+            connections: Arc::clone(&connections),
+        });
+        let life = Lifecycle {
+            config,
+            phase,
+            admission,
+            cut,
+            probes,
+            telemetry,
+            backend,
+            connections,
+            signals,
+            child,
+            terminations: 0,
+        };
+        (life, shared)
+    }
+
+    async fn run(mut self) -> u8 {
         // 1. starting: wait for the backend to accept connections.
         let started = Instant::now();
         info!(upstream = %self.config.upstream.authority, "starting; waiting for the backend");
@@ -135,7 +203,7 @@ impl Lifecycle {
             () = wait_until_up(&backend, ready_path.as_deref()) => None,
             () = sleep_until(startup_deadline) => {
                 error!(timeout = ?self.config.startup_timeout, "the backend did not start in time");
-                self.state.set_phase(Phase::Stopping);
+                self.phase.set(Phase::Stopping);
                 self.stop_child().await;
                 return exit::FORCED;
             }
@@ -152,10 +220,10 @@ impl Lifecycle {
                 Stop::Fast
             }
             None => {
-                self.state.set_phase(Phase::Ready);
+                self.phase.set(Phase::Ready);
                 info!(after = ?started.elapsed(), "the backend is up; ready");
                 if let Some(path) = self.config.backend_health_path.clone() {
-                    let watch = Arc::clone(&backend).watch_health(path, Arc::clone(&self.state));
+                    let watch = Arc::clone(&self.probes).watch_backend_health(backend, path);
                     tokio::spawn(watch);
                 }
                 match self.next_event().await {
@@ -165,17 +233,17 @@ impl Lifecycle {
             }
         };
 
-        // 3. draining, inside the budget that leaves time to stop the child before the platform's
-        //    SIGKILL.
+        // 3. draining, inside the budget that leaves time to stop the child before the
+        //    platform's SIGKILL.
         let shutdown = Instant::now();
-        let deadline = shutdown + self.config.drain_budget();
+        let deadline = shutdown + self.drain_budget();
         let cut = match self.drain(stop, shutdown, deadline).await {
             Ok(cut) => cut,
             Err(status) => return self.child_exited(status).await,
         };
 
         // 4. stopping child.
-        self.state.set_phase(Phase::Stopping);
+        self.phase.set(Phase::Stopping);
         let stopped = self.stop_child().await;
 
         // 5. exit.
@@ -191,6 +259,10 @@ impl Lifecycle {
         status
     }
 
+    fn drain_budget(&self) -> Duration {
+        drain_budget(self.config.grace_period, self.config.child_stop_timeout)
+    }
+
     /// Stops admitting (after the drain delay), then waits for in-flight requests until none is
     /// left or the deadline comes. Returns how many requests the deadline (or a fast stop) cut,
     /// or the child's status if it died on its own meanwhile.
@@ -201,22 +273,21 @@ impl Lifecycle {
         deadline: Instant,
     ) -> Result<usize, ExitStatus> {
         if stop == Stop::Graceful {
-            self.state.set_phase(Phase::DrainDelay);
+            self.phase.set(Phase::DrainDelay);
         }
         info!(
-            in_flight = self.state.in_flight(),
+            in_flight = self.admission.in_flight(),
             drain_delay = ?self.config.drain_delay,
-            budget = ?self.config.drain_budget(),
+            budget = ?self.drain_budget(),
             "draining: /ready now fails"
         );
 
         // The drain delay: keep admitting, unless `--drain-quiet` sees traffic has stopped.
         let delay_end = deadline.min(shutdown + self.config.drain_delay);
         while stop == Stop::Graceful && Instant::now() < delay_end {
-            let quiet_end = self
-                .config
-                .drain_quiet
-                .map(|quiet| Instant::now() + quiet.saturating_sub(self.state.quiet_for(shutdown)));
+            let quiet_end = self.config.drain_quiet.map(|quiet| {
+                Instant::now() + quiet.saturating_sub(self.admission.quiet_for(shutdown))
+            });
             if quiet_end.is_some_and(|end| end <= Instant::now()) {
                 info!(quiet = ?self.config.drain_quiet, "no new request for the quiet period: ending the drain delay");
                 break;
@@ -224,36 +295,36 @@ impl Lifecycle {
             let wake = quiet_end.map_or(delay_end, |end| end.min(delay_end));
             tokio::select! {
                 () = sleep_until(wake) => {}
-                event = self.next_event() => stop = self.on_event_while_draining(event)?,
+                event = self.next_event() => stop = on_event_while_draining(event)?,
             }
         }
 
-        self.state.set_phase(Phase::Draining);
+        self.phase.set(Phase::Draining);
         info!(
-            in_flight = self.state.in_flight(),
+            in_flight = self.admission.in_flight(),
             "no longer admitting new requests"
         );
-        let state = Arc::clone(&self.state);
+        let admission = Arc::clone(&self.admission);
         while stop == Stop::Graceful {
             tokio::select! {
-                () = state.wait_idle() => {
+                () = admission.wait_idle() => {
                     info!(after = ?shutdown.elapsed(), "drained: no request in flight");
                     // Let the last responses flush before the child (and lameduck) go.
-                    self.state.set_phase(Phase::Stopping);
+                    self.phase.set(Phase::Stopping);
                     let linger = deadline.min(Instant::now() + FLUSH_LINGER);
-                    let _ = tokio::time::timeout_at(linger, state.wait_connections_closed()).await;
+                    let _ = tokio::time::timeout_at(linger, self.connections.wait_zero()).await;
                     return Ok(0);
                 }
                 () = sleep_until(deadline) => {
-                    let cut = self.state.in_flight();
+                    let cut = self.admission.in_flight();
                     warn!(cut, after = ?shutdown.elapsed(), "drain deadline reached; ending requests still in flight");
                     self.cut(cut).await;
                     return Ok(cut);
                 }
-                event = self.next_event() => stop = self.on_event_while_draining(event)?,
+                event = self.next_event() => stop = on_event_while_draining(event)?,
             }
         }
-        let cut = self.state.in_flight();
+        let cut = self.admission.in_flight();
         if cut > 0 {
             warn!(cut, "fast stop; ending requests still in flight");
             self.cut(cut).await;
@@ -262,31 +333,22 @@ impl Lifecycle {
     }
 
     /// Ends every request still in flight, each as gracefully as its kind allows (see
-    /// [`crate::body`] and [`crate::tunnel`]), and gives the endings a moment to reach clients.
+    /// [`crate::body`] and [`crate::tunnel`]), and gives the endings [`CUT_GRACE`] to reach
+    /// clients.
     async fn cut(&self, in_flight: usize) {
         self.telemetry.record_cut(in_flight);
-        self.state.cut();
+        self.cut.now();
         let grace = Instant::now() + CUT_GRACE;
-        let ended = tokio::time::timeout_at(grace, self.state.wait_idle()).await;
-        self.state.set_phase(Phase::Stopping);
-        let _ = tokio::time::timeout_at(grace, self.state.wait_connections_closed()).await;
+        let ended = tokio::time::timeout_at(grace, self.admission.wait_idle()).await;
+        self.phase.set(Phase::Stopping);
+        let _ = tokio::time::timeout_at(grace, self.connections.wait_zero()).await;
         info!(
             cut = in_flight,
-            still_open = self.state.in_flight(),
-            endings = %self.state.endings(),
+            still_open = self.admission.in_flight(),
+            endings = %self.cut.endings(),
             all_ended = ended.is_ok(),
             "requests in flight ended"
         );
-    }
-
-    fn on_event_while_draining(&self, event: Event) -> Result<Stop, ExitStatus> {
-        match event {
-            Event::Stop(stop) => {
-                info!(?stop, "skipping the rest of the drain");
-                Ok(Stop::Fast)
-            }
-            Event::ChildExited(status) => Err(status),
-        }
     }
 
     /// SIGTERM to the child's group, SIGKILL after `--child-stop-timeout`, then nothing of the
@@ -296,11 +358,10 @@ impl Lifecycle {
         info!(pid = child.pid(), timeout = ?self.config.child_stop_timeout, "stopping the child");
         let started = Instant::now();
         let stopped = child.stop(self.config.child_stop_timeout).await;
-        child.clean_up().await;
-        if let Stopped::Exited(status) = stopped {
-            self.state.child_died(format!("child stopped: {status}"));
-        } else {
-            self.state.child_died("child killed".into());
+        child.clean_up(CHILD_CLEAN_UP).await;
+        match stopped {
+            Stopped::Exited(status) => self.probes.child_died(format!("child stopped: {status}")),
+            Stopped::Killed => self.probes.child_died("child killed".into()),
         }
         info!(child = %describe(Some(stopped)), after = ?started.elapsed(), "the child has stopped");
         Some(stopped)
@@ -308,11 +369,11 @@ impl Lifecycle {
 
     /// The child died on its own: fail the probes, clear its descendants, exit with its status.
     async fn child_exited(&mut self, status: ExitStatus) -> u8 {
-        self.state.child_died(format!("child exited: {status}"));
-        self.state.set_phase(Phase::Stopping);
-        error!(%status, in_flight = self.state.in_flight(), "the child exited on its own");
+        self.probes.child_died(format!("child exited: {status}"));
+        self.phase.set(Phase::Stopping);
+        error!(%status, in_flight = self.admission.in_flight(), "the child exited on its own");
         if let Some(child) = self.child.as_mut() {
-            child.clean_up().await;
+            child.clean_up(CHILD_CLEAN_UP).await;
         }
         status.code()
     }
@@ -321,7 +382,11 @@ impl Lifecycle {
     async fn next_event(&mut self) -> Event {
         loop {
             let signal = tokio::select! {
-                signal = self.signals.next() => signal,
+                signal = self.signals.next() => match signal {
+                    Some(signal) => signal,
+                    // No more signals can come: wait for the child alone.
+                    None => return Event::ChildExited(wait_child(&mut self.child).await),
+                },
                 status = wait_child(&mut self.child) => return Event::ChildExited(status),
             };
             match signal {
@@ -357,6 +422,16 @@ impl Lifecycle {
     }
 }
 
+fn on_event_while_draining(event: Event) -> Result<Stop, ExitStatus> {
+    match event {
+        Event::Stop(stop) => {
+            info!(?stop, "skipping the rest of the drain");
+            Ok(Stop::Fast)
+        }
+        Event::ChildExited(status) => Err(status),
+    }
+}
+
 async fn wait_child(child: &mut Option<Child>) -> ExitStatus {
     match child {
         Some(child) => child.wait().await,
@@ -380,5 +455,193 @@ fn describe(stopped: Option<Stopped>) -> String {
         None => "none".into(),
         Some(Stopped::Exited(status)) => status.to_string(),
         Some(Stopped::Killed) => "killed after its stop timeout".into(),
+    }
+}
+
+/// The drain and its deadline, in-process on tokio's paused clock: requests are in-flight guards
+/// held by the test, signals come through a channel, and time moves only when everything waits.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Admit;
+    use crate::cut::Ending;
+    use crate::phase::Phases;
+    use tokio::sync::mpsc;
+
+    struct Running {
+        task: tokio::task::JoinHandle<u8>,
+        signals: mpsc::UnboundedSender<Signal>,
+        admission: Arc<Admission>,
+        cut: Arc<Cut>,
+        phase: Phases,
+        /// Accepts (through its backlog) for as long as the test runs: the backend is up.
+        _upstream: std::net::TcpListener,
+    }
+
+    /// A lifecycle with no child, ready, with the clock paused from then on.
+    async fn ready(args: &[&str]) -> Running {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", upstream.local_addr().unwrap());
+        let fixed = [
+            "lameduck",
+            "--cerebrium-toml",
+            "/dev/null",
+            "--upstream",
+            &url,
+        ];
+        let config = Config::parse_from(fixed.iter().chain(args)).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let signals = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let (life, shared) = Lifecycle::new(config, signals, None);
+        let running = Running {
+            admission: Arc::clone(&life.admission),
+            cut: Arc::clone(&life.cut),
+            phase: shared.phase.clone(),
+            task: tokio::spawn(life.run()),
+            signals: tx,
+            _upstream: upstream,
+        };
+        running.reach(Phase::Ready).await;
+        tokio::time::pause();
+        running
+    }
+
+    impl Running {
+        fn signal(&self, signal: Signal) {
+            self.signals.send(signal).unwrap();
+        }
+
+        async fn reach(&self, phase: Phase) {
+            let mut rx = self.phase.subscribe();
+            rx.wait_for(|p| *p >= phase).await.unwrap();
+        }
+
+        /// A request in flight that ends when the cut comes, as a streamed response does.
+        fn request_until_cut(&self) -> tokio::task::JoinHandle<Instant> {
+            let Admit::Now(in_flight) = self.admission.admit() else {
+                panic!("a ready lifecycle admits")
+            };
+            let cut = Arc::clone(&self.cut);
+            tokio::spawn(async move {
+                cut.signal().await;
+                cut.count(Ending::Torn);
+                drop(in_flight);
+                Instant::now()
+            })
+        }
+    }
+
+    const SIGTERM: Signal = Signal::Terminate(15);
+
+    /// `actual` is `expected`, give or take the timer's 1 ms resolution. The clock is paused, so
+    /// this holds however busy the machine is.
+    fn assert_at(actual: Duration, expected: Duration) {
+        assert!(
+            actual >= expected && actual <= expected + Duration::from_millis(2),
+            "at {actual:?}, expected {expected:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_drain_waits_for_the_last_request_and_no_longer() {
+        let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
+        let Admit::Now(request) = life.admission.admit() else {
+            panic!("a ready lifecycle admits")
+        };
+        let signalled = Instant::now();
+        life.signal(SIGTERM);
+        life.reach(Phase::Draining).await;
+        assert!(matches!(life.admission.admit(), Admit::Refused));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!life.task.is_finished(), "exited with a request in flight");
+        drop(request);
+        assert_eq!(life.task.await.unwrap(), exit::CLEAN);
+        assert_at(signalled.elapsed(), Duration::from_secs(5));
+        assert!(!life.cut.has_come());
+    }
+
+    #[tokio::test]
+    async fn the_deadline_cuts_at_grace_less_child_stop_less_the_margin() {
+        let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
+        let request = life.request_until_cut();
+        let signalled = Instant::now();
+        life.signal(SIGTERM);
+        assert_eq!(life.task.await.unwrap(), exit::FORCED);
+        let cut_at = request.await.unwrap() - signalled;
+        // 10 s grace = 7 s drain + 2 s for the child + the 1 s margin.
+        assert_at(cut_at, Duration::from_secs(7));
+        assert_eq!(
+            life.cut.endings().to_string(),
+            "sse_ended=0 websockets_closed=0 grpc_unavailable=0 refused=0 torn=1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_ignores_the_cut_gets_only_the_cut_grace() {
+        let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
+        let Admit::Now(_stuck) = life.admission.admit() else {
+            panic!("a ready lifecycle admits")
+        };
+        let signalled = Instant::now();
+        life.signal(SIGTERM);
+        assert_eq!(life.task.await.unwrap(), exit::FORCED);
+        assert_at(signalled.elapsed(), Duration::from_secs(7) + CUT_GRACE);
+    }
+
+    #[tokio::test]
+    async fn sigquit_skips_the_drain_that_sigterm_waits_for() {
+        let life = ready(&["--grace-period", "60s"]).await;
+        let request = life.request_until_cut();
+        let signalled = Instant::now();
+        life.signal(Signal::Quit);
+        assert_eq!(life.task.await.unwrap(), exit::FORCED);
+        assert_eq!(
+            request.await.unwrap(),
+            signalled,
+            "cut at once, not at the deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_sigterm_ends_the_drain_at_once() {
+        let life = ready(&["--grace-period", "60s"]).await;
+        let request = life.request_until_cut();
+        life.signal(SIGTERM);
+        life.reach(Phase::Draining).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!life.task.is_finished());
+        let second = Instant::now();
+        life.signal(SIGTERM);
+        assert_eq!(life.task.await.unwrap(), exit::FORCED);
+        assert_eq!(request.await.unwrap(), second);
+    }
+
+    #[tokio::test]
+    async fn the_drain_delay_admits_until_traffic_has_been_quiet() {
+        let life = ready(&["--drain-delay", "5s", "--drain-quiet", "1s"]).await;
+        let signalled = Instant::now();
+        life.signal(SIGTERM);
+        life.reach(Phase::DrainDelay).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let Admit::Now(late) = life.admission.admit() else {
+            panic!("the drain delay still admits")
+        };
+        drop(late);
+        life.reach(Phase::Draining).await;
+        // 1 s after the last arrival, not 5 s after SIGTERM.
+        assert_at(signalled.elapsed(), Duration::from_millis(1600));
+        assert_eq!(life.task.await.unwrap(), exit::CLEAN);
+    }
+
+    #[test]
+    fn the_budget_never_goes_negative() {
+        assert_eq!(
+            drain_budget(Duration::from_secs(30), Duration::from_secs(5)),
+            Duration::from_secs(24)
+        );
+        assert_eq!(
+            drain_budget(Duration::from_secs(2), Duration::from_secs(5)),
+            Duration::ZERO
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use lameduck::config::{Config, ConfigError, LogConfig, LogFormat};
 use lameduck::lifecycle::{self, exit};
+use lameduck::signals;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -53,7 +54,14 @@ fn main() -> ExitCode {
         // tests (and scripts) find it.
         let address = listener.local_addr().unwrap_or(config.listen);
         tracing::info!(%address, "listening");
-        lifecycle::run(config, listener).await
+        let signals = match signals::listen() {
+            Ok(signals) => signals,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot install signal handlers");
+                return exit::FORCED;
+            }
+        };
+        lifecycle::run(config, listener, signals).await
     });
     // Connections still open are dropped here; nothing of the child's is left by now.
     runtime.shutdown_background();

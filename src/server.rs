@@ -3,18 +3,15 @@
 //!
 //! Like nginx's worker processes, each worker is one thread running a single-threaded event
 //! loop; the accept loop hands each new connection to the next worker, and the connection lives
-//! on that thread for its whole life, together with its backend connection
-//! ([`crate::upstream`]). No request ever wakes another thread.
+//! on that thread for its whole life, together with the backend connection it keeps
+//! ([`crate::backend`]). No request ever wakes another thread.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
-use http::{StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,9 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::admission::Gauge;
+use crate::backend::Affinity;
+use crate::phase::{Phase, Phases};
 use crate::proxy::Proxy;
-use crate::readiness::{Phase, State};
-use crate::upstream::Affinity;
 
 /// A client that opens a connection must send its request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,14 +30,23 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A new connection on its way to a worker.
 type Handoff = (std::net::TcpStream, SocketAddr);
 
+/// What every connection shares: the request path, the phase (to close gracefully once the
+/// drain stops admitting), and the count of open connections (the lifecycle lets them flush).
+#[derive(Debug)]
+pub struct Shared {
+    pub proxy: Proxy,
+    pub phase: Phases,
+    pub connections: Arc<Gauge>,
+}
+
 /// Starts one worker per core, then accepts connections and hands them out in turn, until the
 /// process exits. The listener stays open through the whole shutdown, so probes are answered
 /// until lameduck exits.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, state: Arc<State>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let count = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut workers = Vec::with_capacity(count);
     for index in 0..count {
-        match spawn_worker(index, Arc::clone(&proxy), Arc::clone(&state)) {
+        match spawn_worker(index, Arc::clone(&shared)) {
             Ok(worker) => workers.push(worker),
             Err(err) => warn!(error = %err, index, "cannot start a worker"),
         }
@@ -47,7 +54,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, state: Arc<State>) 
     if workers.is_empty() {
         // Serve from this thread rather than not at all.
         let (worker, handoffs) = mpsc::unbounded_channel();
-        tokio::spawn(work(handoffs, proxy, state));
+        tokio::spawn(work(handoffs, shared));
         workers.push(worker);
     }
 
@@ -70,26 +77,18 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, state: Arc<State>) 
 }
 
 /// A thread with its own single-threaded event loop, serving the connections it is handed.
-fn spawn_worker(
-    index: usize,
-    proxy: Arc<Proxy>,
-    state: Arc<State>,
-) -> io::Result<mpsc::UnboundedSender<Handoff>> {
+fn spawn_worker(index: usize, shared: Arc<Shared>) -> io::Result<mpsc::UnboundedSender<Handoff>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (worker, handoffs) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name(format!("lameduck-worker-{index}"))
-        .spawn(move || runtime.block_on(work(handoffs, proxy, state)))?;
+        .spawn(move || runtime.block_on(work(handoffs, shared)))?;
     Ok(worker)
 }
 
-async fn work(
-    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
-    proxy: Arc<Proxy>,
-    state: Arc<State>,
-) {
+async fn work(mut handoffs: mpsc::UnboundedReceiver<Handoff>, shared: Arc<Shared>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -109,14 +108,12 @@ async fn work(
             stream,
             remote,
             Arc::clone(&builder),
-            Arc::clone(&proxy),
-            Arc::clone(&state),
+            Arc::clone(&shared),
         ));
     }
 }
 
-/// Serves one client connection. Once shutdown has begun every response carries
-/// `Connection: close`; when the drain stops admitting, a connection that has already served a
+/// Serves one client connection. When the drain stops admitting, a connection that has already served a
 /// request (an idle keep-alive one, or one busy with a response) is closed gracefully: at once if
 /// idle, after the current response otherwise. A connection that has not sent its first request
 /// yet is left to send it, and gets an answer (a 503, or a probe's) before it closes: closing it
@@ -125,37 +122,23 @@ async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    proxy: Arc<Proxy>,
-    state: Arc<State>,
+    shared: Arc<Shared>,
 ) {
-    let _open = state.open_connection();
+    let _open = shared.connections.enter_guarded();
+    // Small responses must not wait for Nagle; a failure here only costs latency.
     let _ = stream.set_nodelay(true);
-    let mut phase = state.subscribe();
-    phase.borrow_and_update();
+    let mut phase = shared.phase.subscribe();
 
     let served = Arc::new(AtomicBool::new(false));
     let affinity = Arc::new(Affinity::default());
     let service = service_fn({
         let served = Arc::clone(&served);
-        let state = Arc::clone(&state);
+        let shared = Arc::clone(&shared);
         move |req| {
             served.store(true, Relaxed);
-            let proxy = Arc::clone(&proxy);
-            let state = Arc::clone(&state);
+            let shared = Arc::clone(&shared);
             let affinity = Arc::clone(&affinity);
-            async move {
-                // HTTP/2 has no Connection header: its connections end with GOAWAY.
-                let http1 = req.version() < Version::HTTP_2;
-                let mut resp = proxy.handle(req, remote, &affinity).await?;
-                if http1
-                    && state.phase().is_shutting_down()
-                    && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-                {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(resp)
-            }
+            async move { shared.proxy.handle(req, remote, &affinity).await }
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -1,8 +1,11 @@
 //! Turns OS signals into lifecycle events.
+//!
+//! [`listen`] is the production source; the lifecycle takes any stream of [`Signal`]s, so tests
+//! can inject them.
 
 use std::io;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::low_level::signal_name;
 
@@ -17,34 +20,24 @@ pub enum Signal {
     Forward(i32),
 }
 
-/// The stream of signals lameduck handles. Creating it replaces their default dispositions, so
-/// none of them kills lameduck.
-pub struct Signals(signal_hook_tokio::Signals);
-
-impl std::fmt::Debug for Signals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Signals")
+impl Signal {
+    fn from_raw(signal: i32) -> Signal {
+        match signal {
+            SIGTERM | SIGINT => Signal::Terminate(signal),
+            SIGQUIT => Signal::Quit,
+            other => Signal::Forward(other),
+        }
     }
 }
 
-impl Signals {
-    pub fn new() -> io::Result<Signals> {
-        signal_hook_tokio::Signals::new([
-            SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH,
-        ])
-        .map(Signals)
-    }
-
-    /// The next signal. Cancel-safe: a signal is never lost by dropping this future.
-    pub async fn next(&mut self) -> Signal {
-        match self.0.next().await {
-            Some(sig @ (SIGTERM | SIGINT)) => Signal::Terminate(sig),
-            Some(SIGQUIT) => Signal::Quit,
-            Some(sig) => Signal::Forward(sig),
-            // The stream only ends when closed, which nothing here does.
-            None => std::future::pending().await,
-        }
-    }
+/// The signals lameduck handles, as they arrive. Installing the handlers replaces the signals'
+/// default dispositions, so none of them kills lameduck. Must be called inside the runtime.
+/// The stream never ends; dropping a `next()` future never loses a signal.
+pub fn listen() -> io::Result<impl Stream<Item = Signal> + Unpin> {
+    let signals = signal_hook_tokio::Signals::new([
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH,
+    ])?;
+    Ok(signals.map(Signal::from_raw))
 }
 
 /// A signal's name for logs, such as `SIGHUP`.

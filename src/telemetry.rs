@@ -18,7 +18,8 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::readiness::{Phase, State};
+use crate::admission::Admission;
+use crate::phase::{Phase, Phases};
 
 /// Upper bounds of the request duration histogram, in seconds: from fast API calls to long
 /// generations.
@@ -46,9 +47,14 @@ pub struct Observation {
 }
 
 impl Telemetry {
-    pub fn new(state: Arc<State>, metrics: bool, access_log: bool) -> Arc<Telemetry> {
+    pub fn new(
+        admission: Arc<Admission>,
+        phase: Phases,
+        metrics: bool,
+        access_log: bool,
+    ) -> Arc<Telemetry> {
         let (metrics, registry) = if metrics {
-            let metrics = Arc::new(Metrics::new(state));
+            let metrics = Arc::new(Metrics::new(admission, phase));
             let mut registry = Registry::with_prefix("lameduck");
             registry.register_collector(Box::new(Arc::clone(&metrics)));
             (Some(metrics), Some(registry))
@@ -179,7 +185,8 @@ mod tests {
 
 #[derive(Debug)]
 struct Metrics {
-    state: Arc<State>,
+    admission: Arc<Admission>,
+    phase: Phases,
     /// Responses by status code, indexed by `code - 100`.
     by_status: Box<[AtomicU64]>,
     /// Counts per bucket of `BUCKETS` (not cumulative), plus +Inf.
@@ -189,9 +196,10 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new(state: Arc<State>) -> Metrics {
+    fn new(admission: Arc<Admission>, phase: Phases) -> Metrics {
         Metrics {
-            state,
+            admission,
+            phase,
             by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
             buckets: Default::default(),
             duration_sum_micros: AtomicU64::new(0),
@@ -225,13 +233,13 @@ impl prometheus_client::collector::Collector for Metrics {
             &mut encoder,
             "requests_in_flight",
             "Proxied requests in flight, queued ones included",
-            self.state.in_flight(),
+            self.admission.in_flight(),
         )?;
         gauge(
             &mut encoder,
             "requests_queued",
             "Requests waiting for a concurrency slot",
-            self.state.queued(),
+            self.admission.queued(),
         )?;
 
         let mut family = encoder.encode_descriptor(
@@ -272,7 +280,7 @@ impl prometheus_client::collector::Collector for Metrics {
                 sum, count, &buckets, None,
             )?;
 
-        let current = self.state.phase();
+        let current = self.phase.get();
         let mut family = encoder.encode_descriptor(
             "phase",
             "The lifecycle phase lameduck is in (1 for the current one)",

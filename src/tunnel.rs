@@ -3,15 +3,17 @@
 //! (going away) in each direction, sent between frames, never inside one; other protocols are
 //! cut off.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
+use crate::admission::InFlight;
+use crate::cut::{Cut, Ending};
 use crate::framing::{Boundaries, WebSocketFrames};
-use crate::readiness::{Ending, InFlight, State};
 
 const BUFFER: usize = 16 * 1024;
 /// After one side has closed, how long the other gets to finish before the tunnel is dropped.
@@ -22,7 +24,14 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_millis(300);
 const CLOSE_TO_CLIENT: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 
 /// Runs the tunnel once both sides have upgraded.
-pub async fn run(client: OnUpgrade, backend: OnUpgrade, websocket: bool, in_flight: InFlight) {
+/// `in_flight` counts the tunnel in flight until it ends.
+pub async fn run(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    websocket: bool,
+    in_flight: InFlight,
+    cut: Arc<Cut>,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(err) => {
@@ -32,7 +41,6 @@ pub async fn run(client: OnUpgrade, backend: OnUpgrade, websocket: bool, in_flig
     };
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (backend_read, backend_write) = tokio::io::split(TokioIo::new(backend));
-    let state = in_flight.state();
     let frames = || websocket.then(WebSocketFrames::default);
     let close_to_backend = masked_close();
     let up = pump(
@@ -40,15 +48,9 @@ pub async fn run(client: OnUpgrade, backend: OnUpgrade, websocket: bool, in_flig
         backend_write,
         frames(),
         &close_to_backend,
-        state,
+        &cut,
     );
-    let down = pump(
-        backend_read,
-        client_write,
-        frames(),
-        &CLOSE_TO_CLIENT,
-        state,
-    );
+    let down = pump(backend_read, client_write, frames(), &CLOSE_TO_CLIENT, &cut);
     tokio::pin!(up, down);
     // Once one side is done, the other gets a moment to finish, not forever.
     let abandoned = Ok(Pump::Abandoned);
@@ -69,8 +71,10 @@ pub async fn run(client: OnUpgrade, backend: OnUpgrade, websocket: bool, in_flig
         } else {
             Ending::Torn
         };
-        in_flight.count_ending(ending);
+        cut.count(ending);
     }
+    // Only now does the tunnel stop counting as in flight.
+    drop(in_flight);
 }
 
 /// How one direction of a tunnel ended.
@@ -91,14 +95,14 @@ async fn pump<R, W>(
     mut to: W,
     mut frames: Option<WebSocketFrames>,
     close: &[u8],
-    state: &State,
+    cut: &Cut,
 ) -> std::io::Result<Pump>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUFFER];
-    let cut = state.cut_signal();
+    let cut = cut.signal();
     tokio::pin!(cut);
     let mut cutting = false;
     loop {
@@ -157,12 +161,14 @@ async fn await_close<R: AsyncRead + Unpin>(from: &mut R) {
     }
 }
 
-/// A close frame with status 1001 as a client sends it: masked (RFC 6455 §5.3).
+/// A close frame with status 1001 as a client sends it: masked (RFC 6455 §5.3) with a key
+/// the backend cannot predict.
 fn masked_close() -> [u8; 8] {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0x5a5a_5a5a, |d| d.subsec_nanos());
-    let key = nanos.to_be_bytes();
+    let mut key = [0u8; 4];
+    if let Err(err) = getrandom::fill(&mut key) {
+        // The OS has no randomness to give: any key is still a valid frame.
+        warn!(error = %err, "no random WebSocket masking key");
+    }
     [
         0x88,
         0x82,

@@ -1,0 +1,184 @@
+//! The cut: at the drain deadline (or a fast stop) every request still in flight is ended, each
+//! as gracefully as its kind allows, and how each one ended is counted for the final log line.
+//!
+//! The lifecycle calls [`Cut::now`] once; the request path waits for it ([`Cut::signal`] in async
+//! code, [`CutWatch`] in poll-based bodies) and reports each [`Ending`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+
+/// The cut, shared by the lifecycle and every request.
+#[derive(Debug, Default)]
+pub struct Cut {
+    done: AtomicBool,
+    notify: Arc<Notify>,
+    endings: [AtomicUsize; Ending::ALL.len()],
+}
+
+/// How a request in flight at the cut was ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An event stream closed after its last complete event (and the `server_restarting` event).
+    SseEnded,
+    /// A WebSocket sent close frames 1001 both ways.
+    WebSocketClosed,
+    /// A gRPC response ended with `grpc-status: 14`.
+    GrpcUnavailable,
+    /// A request whose response had not started got 503.
+    Refused,
+    /// Anything else: the body or tunnel was cut off.
+    Torn,
+}
+
+impl Ending {
+    const ALL: [Ending; 5] = [
+        Ending::SseEnded,
+        Ending::WebSocketClosed,
+        Ending::GrpcUnavailable,
+        Ending::Refused,
+        Ending::Torn,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Ending::SseEnded => "sse_ended",
+            Ending::WebSocketClosed => "websockets_closed",
+            Ending::GrpcUnavailable => "grpc_unavailable",
+            Ending::Refused => "refused",
+            Ending::Torn => "torn",
+        }
+    }
+}
+
+impl Cut {
+    pub fn new() -> Arc<Cut> {
+        Arc::default()
+    }
+
+    /// Cuts every request still in flight.
+    pub fn now(&self) {
+        self.done.store(true, SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn has_come(&self) -> bool {
+        self.done.load(SeqCst)
+    }
+
+    /// Resolves once the cut has come.
+    pub async fn signal(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a cut between the check and the await still wakes us.
+            notified.as_mut().enable();
+            if self.has_come() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A watch for code that polls (response bodies): it registers for the wake-up only when
+    /// first polled, so responses that never wait cost nothing.
+    pub fn watch(self: &Arc<Self>) -> CutWatch {
+        CutWatch {
+            cut: Arc::clone(self),
+            notified: None,
+        }
+    }
+
+    /// Counts how one request ended at the cut.
+    pub fn count(&self, ending: Ending) {
+        self.endings[ending as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How the requests cut so far ended, as `name=count` pairs for the log.
+    pub fn endings(&self) -> Endings<'_> {
+        Endings(self)
+    }
+}
+
+/// The ending counts, displayed as `sse_ended=1 websockets_closed=0 ...`.
+pub struct Endings<'a>(&'a Cut);
+
+impl fmt::Display for Endings<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, ending) in Ending::ALL.iter().enumerate() {
+            let count = self.0.endings[*ending as usize].load(Relaxed);
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{}={count}", ending.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// A response body's view of the cut.
+#[derive(Debug)]
+pub struct CutWatch {
+    cut: Arc<Cut>,
+    notified: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl CutWatch {
+    pub fn has_come(&self) -> bool {
+        self.cut.has_come()
+    }
+
+    /// Ready once the cut has come; registers for a wake-up otherwise.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let notified = self.notified.get_or_insert_with(|| {
+            let mut notified = Box::pin(Arc::clone(&self.cut.notify).notified_owned());
+            // Register before checking the flag, so a cut in between still wakes us.
+            notified.as_mut().enable();
+            notified
+        });
+        if self.cut.has_come() {
+            return Poll::Ready(());
+        }
+        notified.as_mut().poll(cx)
+    }
+
+    /// Counts how this request ended at the cut.
+    pub fn count(&self, ending: Ending) {
+        self.cut.count(ending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_wake_at_the_cut_and_endings_are_counted() {
+        let cut = Cut::new();
+        let waiter = tokio::spawn({
+            let cut = Arc::clone(&cut);
+            async move { cut.signal().await }
+        });
+        let mut watch = cut.watch();
+        assert!(watch
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_pending());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        cut.now();
+        waiter.await.unwrap();
+        assert!(watch
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_ready());
+        watch.count(Ending::SseEnded);
+        cut.count(Ending::Torn);
+        assert_eq!(
+            cut.endings().to_string(),
+            "sse_ended=1 websockets_closed=0 grpc_unavailable=0 refused=0 torn=1"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Where lameduck is in its life: one `watch` cell, the only copy of the phase.
+//!
+//! The lifecycle holds the one [`PhaseWriter`]; everything else holds [`Phases`], which can read
+//! the phase and wait for it to change but never set it.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Where lameduck is in its lifecycle. Ordered: later phases compare greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The backend is not accepting yet; requests wait for it.
+    Starting,
+    /// Proxying.
+    Ready,
+    /// Shutdown has begun: `/ready` fails, but new requests are still proxied (`--drain-delay`).
+    DrainDelay,
+    /// New requests are refused; in-flight ones finish.
+    Draining,
+    /// Nothing more is proxied; the child is being stopped.
+    Stopping,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Ready,
+        Phase::DrainDelay,
+        Phase::Draining,
+        Phase::Stopping,
+    ];
+
+    /// The phase's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::DrainDelay => "drain_delay",
+            Phase::Draining => "draining",
+            Phase::Stopping => "stopping",
+        }
+    }
+
+    /// Whether a request arriving now is proxied.
+    pub fn admits(self) -> bool {
+        matches!(self, Phase::Ready | Phase::DrainDelay)
+    }
+
+    /// Whether shutdown has begun (HTTP/1.1 responses then carry `Connection: close`).
+    pub fn is_shutting_down(self) -> bool {
+        self >= Phase::DrainDelay
+    }
+}
+
+/// A new phase cell, in [`Phase::Starting`]: the writer for the lifecycle, the reader for the rest.
+pub fn cell() -> (PhaseWriter, Phases) {
+    let (tx, rx) = watch::channel(Phase::Starting);
+    (PhaseWriter(tx), Phases(rx))
+}
+
+/// The right to move the phase on. Deliberately not `Clone`: only the lifecycle has it.
+#[derive(Debug)]
+pub struct PhaseWriter(watch::Sender<Phase>);
+
+impl PhaseWriter {
+    /// Moves to `phase`. Phases only move forwards; an attempt to go back is ignored.
+    pub fn set(&self, phase: Phase) {
+        self.0.send_if_modified(|current| {
+            let forward = phase > *current;
+            if forward {
+                *current = phase;
+            }
+            forward
+        });
+    }
+
+    pub fn get(&self) -> Phase {
+        *self.0.borrow()
+    }
+}
+
+/// A reader of the phase, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Phases(watch::Receiver<Phase>);
+
+impl Phases {
+    pub fn get(&self) -> Phase {
+        *self.0.borrow()
+    }
+
+    /// A receiver that wakes on every change (connections use it to start their graceful close).
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        let mut rx = self.0.clone();
+        rx.borrow_and_update();
+        rx
+    }
+
+    /// Waits, at most `limit`, for startup to end; returns whether requests are admitted now.
+    pub async fn wait_started(&self, limit: Duration) -> bool {
+        let mut rx = self.0.clone();
+        let started = tokio::time::timeout(limit, rx.wait_for(|p| *p != Phase::Starting)).await;
+        matches!(started, Ok(Ok(phase)) if phase.admits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phase_only_moves_forwards() {
+        let (writer, phases) = cell();
+        assert_eq!(phases.get(), Phase::Starting);
+        writer.set(Phase::Draining);
+        writer.set(Phase::Ready);
+        assert_eq!(phases.get(), Phase::Draining);
+        assert!(!phases.get().admits());
+        assert!(phases.get().is_shutting_down());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_waiting_for_startup_learn_how_it_ended() {
+        let (writer, phases) = cell();
+        let waiter = tokio::spawn({
+            let phases = phases.clone();
+            async move { phases.wait_started(Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        writer.set(Phase::Ready);
+        assert!(waiter.await.unwrap());
+        writer.set(Phase::Draining);
+        assert!(!phases.wait_started(Duration::from_secs(1)).await);
+        let (_writer, phases) = cell();
+        assert!(!phases.wait_started(Duration::from_secs(1)).await);
+    }
+}
