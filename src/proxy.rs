@@ -20,7 +20,7 @@ use crate::cut::{Cut, Ending};
 use crate::headers;
 use crate::phase::Phases;
 use crate::probes::{Answer, Probes};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{self, Telemetry};
 use crate::tunnel;
 
 /// What a refused client is told to wait before retrying, in seconds.
@@ -110,12 +110,7 @@ impl Proxy {
             return probe(req.method(), self.probes.health());
         }
         if self.metrics_path.as_deref() == Some(path) {
-            let openmetrics = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|accept| accept.to_str().ok())
-                .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-            if let Some(exposition) = self.telemetry.render(openmetrics) {
+            if let Some(exposition) = self.telemetry.render() {
                 return metrics(req.method(), exposition);
             }
         }
@@ -279,16 +274,16 @@ fn probe(method: &Method, answer: Answer) -> Response<ResponseBody> {
     resp
 }
 
-fn metrics(
-    method: &Method,
-    (text, content_type): (String, &'static str),
-) -> Response<ResponseBody> {
+fn metrics(method: &Method, text: String) -> Response<ResponseBody> {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed();
     }
     let mut resp = Response::new(ResponseBody::local(Bytes::from(text)));
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(telemetry::CONTENT_TYPE),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

@@ -1,22 +1,20 @@
 //! What operators see of the traffic: Prometheus metrics and the access log.
 //!
-//! Both are off unless asked for, and then cost a few atomic operations per request: counters
-//! and histogram buckets are plain atomics read at scrape time, gauges (in flight, queued, phase)
-//! are read from the shared state when scraped, never updated per request.
+//! Both are off unless asked for, and then cost a few atomic operations per request. Metrics are
+//! kept and encoded by the `prometheus` crate, in the classic text format (0.0.4) that every
+//! scraper reads; the gauges (in flight, queued, phase) are read from the lifecycle's parts when
+//! scraped, never updated per request.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, PullingGauge, Registry,
+    TextEncoder,
+};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admission::Admission;
 use crate::phase::{Phase, Phases};
@@ -27,11 +25,13 @@ const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// The metrics exposition's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Metrics and access log, shared by every request.
 #[derive(Debug)]
 pub struct Telemetry {
-    metrics: Option<Arc<Metrics>>,
-    registry: Option<Registry>,
+    metrics: Option<Metrics>,
     access_log: bool,
 }
 
@@ -53,17 +53,9 @@ impl Telemetry {
         metrics: bool,
         access_log: bool,
     ) -> Arc<Telemetry> {
-        let (metrics, registry) = if metrics {
-            let metrics = Arc::new(Metrics::new(admission, phase));
-            let mut registry = Registry::with_prefix("lameduck");
-            registry.register_collector(Box::new(Arc::clone(&metrics)));
-            (Some(metrics), Some(registry))
-        } else {
-            (None, None)
-        };
+        let metrics = metrics.then(|| Metrics::new(admission, phase));
         Arc::new(Telemetry {
             metrics,
-            registry,
             access_log,
         })
     }
@@ -88,51 +80,27 @@ impl Telemetry {
     /// Counts requests the drain deadline (or a fast stop) cut.
     pub fn record_cut(&self, cut: usize) {
         if let Some(metrics) = &self.metrics {
-            metrics.cut.fetch_add(cut as u64, Relaxed);
+            metrics.cut.inc_by(cut as u64);
         }
     }
 
-    /// The exposition and its content type, or `None` when metrics are off: OpenMetrics for
-    /// clients that ask for it (Prometheus does), the classic Prometheus text format otherwise.
-    pub fn render(&self, openmetrics: bool) -> Option<(String, &'static str)> {
-        let registry = self.registry.as_ref()?;
-        let mut out = String::with_capacity(4096);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-        Some(if openmetrics {
-            (
-                out,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-        } else {
-            (classic(&out), "text/plain; version=0.0.4; charset=utf-8")
-        })
-    }
-}
-
-/// The classic Prometheus text format (0.0.4) from OpenMetrics text: there a counter family
-/// `x` has samples `x_total`; here the family itself is named `x_total`. No `# UNIT`, no `# EOF`.
-fn classic(openmetrics: &str) -> String {
-    let counters: Vec<&str> = openmetrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
+    /// The exposition ([`CONTENT_TYPE`]), or `None` when metrics are off.
+    pub fn render(&self) -> Option<String> {
+        let metrics = self.metrics.as_ref()?;
+        let current = metrics.phase.get();
+        for phase in Phase::ALL {
+            let gauge = metrics.phases.with_label_values(&[phase.name()]);
+            gauge.set(i64::from(phase == current));
         }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(&name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
+        let families = metrics.registry.gather();
+        match TextEncoder::new().encode_to_string(&families) {
+            Ok(text) => Some(text),
+            Err(err) => {
+                warn!(error = %err, "cannot encode the metrics");
+                Some(String::new())
+            }
+        }
     }
-    out
 }
 
 impl Observation {
@@ -168,135 +136,140 @@ impl Drop for Observation {
     }
 }
 
-/// The counters behind the exposition.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_classic_format_names_counter_families_by_their_samples() {
-        let openmetrics = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{code=\"200\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# EOF\n";
-        assert_eq!(
-            classic(openmetrics),
-            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{code=\"200\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
-        );
-    }
-}
-
+/// The metrics, registered once in their own registry.
 #[derive(Debug)]
 struct Metrics {
-    admission: Arc<Admission>,
+    registry: Registry,
     phase: Phases,
-    /// Responses by status code, indexed by `code - 100`.
-    by_status: Box<[AtomicU64]>,
-    /// Counts per bucket of `BUCKETS` (not cumulative), plus +Inf.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    duration_sum_micros: AtomicU64,
-    cut: AtomicU64,
+    phases: IntGaugeVec,
+    by_status: IntCounterVec,
+    /// `by_status`'s counter for each status code (`code - 100`), looked up once: recording a
+    /// response is then one atomic add, with no label hashing or lock.
+    status_counters: Box<[OnceLock<IntCounter>]>,
+    durations: Histogram,
+    cut: IntCounter,
 }
 
 impl Metrics {
     fn new(admission: Arc<Admission>, phase: Phases) -> Metrics {
+        let registry = Registry::new_custom(Some("lameduck".into()), None)
+            // Cannot fail: the prefix is a valid metric name.
+            .expect("a valid prefix");
+        let gauge = |name: &str, help: &str, read: fn(&Admission) -> usize| {
+            let admission = Arc::clone(&admission);
+            let value = Box::new(move || read(&admission) as f64);
+            // Cannot fail: the names are valid constants.
+            PullingGauge::new(name, help, value).expect("a valid gauge")
+        };
+        let in_flight = gauge(
+            "requests_in_flight",
+            "Proxied requests in flight, queued ones included",
+            Admission::in_flight,
+        );
+        let queued = gauge(
+            "requests_queued",
+            "Requests waiting for a concurrency slot",
+            Admission::queued,
+        );
+        // Cannot fail below: names, labels and buckets are valid constants, each registered once.
+        let by_status = IntCounterVec::new(
+            Opts::new("requests_total", "Requests answered, by status code"),
+            &["code"],
+        )
+        .expect("a valid counter");
+        let durations = Histogram::with_opts(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request to the end of its response",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("a valid histogram");
+        let phases = IntGaugeVec::new(
+            Opts::new(
+                "phase",
+                "The lifecycle phase lameduck is in (1 for the current one)",
+            ),
+            &["phase"],
+        )
+        .expect("a valid gauge");
+        let cut = IntCounter::new(
+            "requests_cut_total",
+            "Requests still in flight when the drain deadline (or a fast stop) cut them",
+        )
+        .expect("a valid counter");
+        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+            Box::new(in_flight),
+            Box::new(queued),
+            Box::new(by_status.clone()),
+            Box::new(durations.clone()),
+            Box::new(phases.clone()),
+            Box::new(cut.clone()),
+        ];
+        for collector in collectors {
+            registry.register(collector).expect("registered once");
+        }
         Metrics {
-            admission,
+            registry,
             phase,
-            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: Default::default(),
-            duration_sum_micros: AtomicU64::new(0),
-            cut: AtomicU64::new(0),
+            phases,
+            by_status,
+            status_counters: (100..600).map(|_| OnceLock::new()).collect(),
+            durations,
+            cut,
         }
     }
 
     fn record(&self, status: StatusCode, elapsed: Duration) {
         // StatusCode is always within 100..=999; codes past 599 are not counted.
-        if let Some(count) = self.by_status.get(usize::from(status.as_u16()) - 100) {
-            count.fetch_add(1, Relaxed);
+        if let Some(counter) = self.status_counters.get(usize::from(status.as_u16()) - 100) {
+            counter
+                .get_or_init(|| self.by_status.with_label_values(&[status.as_str()]))
+                .inc();
         }
-        let secs = elapsed.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
-        self.duration_sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.durations.observe(elapsed.as_secs_f64());
     }
 }
 
-impl prometheus_client::collector::Collector for Metrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauge = |encoder: &mut DescriptorEncoder, name, help, value: usize| {
-            let metric = ConstGauge::new(value as i64);
-            metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
-        };
-        gauge(
-            &mut encoder,
-            "requests_in_flight",
-            "Proxied requests in flight, queued ones included",
-            self.admission.in_flight(),
-        )?;
-        gauge(
-            &mut encoder,
-            "requests_queued",
-            "Requests waiting for a concurrency slot",
-            self.admission.queued(),
-        )?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phase;
 
-        let mut family = encoder.encode_descriptor(
-            "requests",
-            "Requests answered, by status code",
-            None,
-            MetricType::Counter,
-        )?;
-        let mut code = String::with_capacity(3);
-        for (i, count) in self.by_status.iter().enumerate() {
-            let count = count.load(Relaxed);
-            if count > 0 {
-                code.clear();
-                let _ = write!(code, "{}", i + 100);
-                let labels = [("code", code.as_str())];
-                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-            }
+    #[test]
+    fn the_exposition_counts_by_status_and_reads_gauges_when_scraped() {
+        let (writer, phases) = phase::cell();
+        let admission = Admission::new(phases.clone(), 0);
+        let telemetry = Telemetry::new(Arc::clone(&admission), phases, true, false);
+        writer.set(phase::Phase::Ready);
+        let _held = admission.admit();
+        for status in [200, 200, 503] {
+            let mut observation = telemetry.observe(&Method::GET, "/").unwrap();
+            observation.set_status(StatusCode::from_u16(status).unwrap());
         }
-
-        // Per-bucket counts: the encoder makes them cumulative.
-        let buckets: Vec<(f64, u64)> = BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.buckets)
-            .map(|(le, count)| (le, count.load(Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = self.duration_sum_micros.load(Relaxed) as f64 / 1e6;
-        encoder
-            .encode_descriptor(
-                "request_duration_seconds",
-                "Time from request to the end of its response",
-                None,
-                MetricType::Histogram,
-            )?
-            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum, count, &buckets, None,
-            )?;
-
-        let current = self.phase.get();
-        let mut family = encoder.encode_descriptor(
-            "phase",
-            "The lifecycle phase lameduck is in (1 for the current one)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for phase in Phase::ALL {
-            let labels = [("phase", phase.name())];
-            ConstGauge::new(i64::from(phase == current)).encode(family.encode_family(&labels)?)?;
+        telemetry.record_cut(2);
+        let text = telemetry.render().unwrap();
+        for line in [
+            "# TYPE lameduck_requests_total counter",
+            "lameduck_requests_total{code=\"200\"} 2",
+            "lameduck_requests_total{code=\"503\"} 1",
+            "lameduck_requests_in_flight 1",
+            "lameduck_requests_queued 0",
+            "lameduck_phase{phase=\"ready\"} 1",
+            "lameduck_phase{phase=\"starting\"} 0",
+            "lameduck_request_duration_seconds_count 3",
+            "lameduck_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "lameduck_requests_cut_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
 
-        ConstCounter::new(self.cut.load(Relaxed)).encode(encoder.encode_descriptor(
-            "requests_cut",
-            "Requests still in flight when the drain deadline (or a fast stop) cut them",
-            None,
-            MetricType::Counter,
-        )?)
+    #[test]
+    fn nothing_is_observed_or_rendered_when_off() {
+        let (_writer, phases) = phase::cell();
+        let telemetry = Telemetry::new(Admission::new(phases.clone(), 0), phases, false, false);
+        assert!(telemetry.observe(&Method::GET, "/").is_none());
+        assert!(telemetry.render().is_none());
     }
 }
