@@ -7,18 +7,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::futures::OwnedNotified;
-use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The cut, shared by the lifecycle and every request.
 #[derive(Debug, Default)]
 pub struct Cut {
-    done: AtomicBool,
-    notify: Arc<Notify>,
+    token: CancellationToken,
     endings: [AtomicUsize; Ending::ALL.len()],
 }
 
@@ -64,26 +62,16 @@ impl Cut {
 
     /// Cuts every request still in flight.
     pub fn now(&self) {
-        self.done.store(true, SeqCst);
-        self.notify.notify_waiters();
+        self.token.cancel();
     }
 
     pub fn has_come(&self) -> bool {
-        self.done.load(SeqCst)
+        self.token.is_cancelled()
     }
 
     /// Resolves once the cut has come.
     pub async fn signal(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Register before checking, so a cut between the check and the await still wakes us.
-            notified.as_mut().enable();
-            if self.has_come() {
-                return;
-            }
-            notified.await;
-        }
+        self.token.cancelled().await
     }
 
     /// A watch for code that polls (response bodies): it registers for the wake-up only when
@@ -91,7 +79,7 @@ impl Cut {
     pub fn watch(self: &Arc<Self>) -> CutWatch {
         CutWatch {
             cut: Arc::clone(self),
-            notified: None,
+            wait: None,
         }
     }
 
@@ -124,7 +112,7 @@ impl fmt::Display for Endings<'_> {
 #[derive(Debug)]
 pub struct CutWatch {
     cut: Arc<Cut>,
-    notified: Option<Pin<Box<OwnedNotified>>>,
+    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl CutWatch {
@@ -134,16 +122,14 @@ impl CutWatch {
 
     /// Ready once the cut has come; registers for a wake-up otherwise.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let notified = self.notified.get_or_insert_with(|| {
-            let mut notified = Box::pin(Arc::clone(&self.cut.notify).notified_owned());
-            // Register before checking the flag, so a cut in between still wakes us.
-            notified.as_mut().enable();
-            notified
-        });
         if self.cut.has_come() {
             return Poll::Ready(());
         }
-        notified.as_mut().poll(cx)
+        let token = &self.cut.token;
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+        wait.as_mut().poll(cx)
     }
 
     /// Counts how this request ended at the cut.
