@@ -276,7 +276,7 @@ impl Config {
             .clone()
             .try_get_matches_from(&argv)
             .map_err(|err| source::from_clap(err, &cmd, |key| flag_or_env(&cmd, &argv, key)))?;
-        let config = Config::from_matches(&cmd, &matches)?;
+        let config = Config::from_matches(&matches)?;
 
         // 2. The files they name, below them.
         let layers = Layers::read(
@@ -287,7 +287,7 @@ impl Config {
         let (matches, sources) = layers.apply(&cmd, &argv, matches)?;
 
         // 3. What the options mean together.
-        let mut config = Config::from_matches(&cmd, &matches)?;
+        let mut config = Config::from_matches(&matches)?;
         config.listen = SocketAddr::new(config.bind, config.port);
         let mut words = std::mem::take(&mut config.command_words).into_iter();
         config.command = words.next().map(|program| Command {
@@ -299,13 +299,11 @@ impl Config {
         Ok(config)
     }
 
-    fn from_matches(
-        cmd: &clap::Command,
-        matches: &clap::ArgMatches,
-    ) -> Result<Config, ConfigError> {
-        // Cannot fail: the matches come from this very table.
+    /// The typed options from clap's matches.
+    fn from_matches(matches: &clap::ArgMatches) -> Result<Config, ConfigError> {
+        // Cannot fail: the matches come from this very table, so every id and type agrees.
         Config::from_arg_matches(matches)
-            .map_err(|err| source::from_clap(err, cmd, |_| Source::Flag))
+            .map_err(|err| ConfigError::Invalid(source::first_line(&err.render().to_string())))
     }
 
     /// lameduck's own endpoints must differ, or one would hide another.
