@@ -73,6 +73,9 @@ impl Layers {
     ) -> Result<(ArgMatches, Vec<Resolved>), ConfigError> {
         let mut resolved = Vec::new();
         let mut lowered: Vec<OsString> = Vec::new();
+        // A value that is no scalar at all: reported once the options before it are checked, so
+        // that of several bad values the first in the table is the one reported.
+        let mut not_scalar = None;
         for arg in options(cmd) {
             let key = arg.get_id().as_str();
             let clap_text = || {
@@ -82,12 +85,16 @@ impl Layers {
             let (value, source) = match matches.value_source(key) {
                 Some(ValueSource::CommandLine) => (clap_text(), Source::Flag),
                 Some(ValueSource::EnvVariable) => (clap_text(), Source::Env(env_name(arg))),
-                _ => match self.lookup(key)? {
-                    Some((text, source)) => {
+                _ => match self.lookup(key) {
+                    Ok(Some((text, source))) => {
                         lowered.push(format!("--{}={text}", long(arg)).into());
                         (Some(text), source)
                     }
-                    None => (clap_text(), Source::Default),
+                    Ok(None) => (clap_text(), Source::Default),
+                    Err(err) => {
+                        not_scalar = Some(err);
+                        break;
+                    }
                 },
             };
             resolved.push(Resolved {
@@ -96,27 +103,15 @@ impl Layers {
                 source,
             });
         }
-        if lowered.is_empty() {
-            return Ok((matches, resolved));
+        let matches = if lowered.is_empty() {
+            matches
+        } else {
+            reparse(cmd, argv, lowered, &resolved)?
+        };
+        match not_scalar {
+            Some(err) => Err(err),
+            None => Ok((matches, resolved)),
         }
-        let program = argv
-            .first()
-            .cloned()
-            .unwrap_or_else(|| cmd.get_name().into());
-        let rest = argv.get(1..).unwrap_or_default();
-        let argv = std::iter::once(program)
-            .chain(lowered)
-            .chain(rest.iter().cloned());
-        let matches = cmd.clone().try_get_matches_from(argv).map_err(|err| {
-            // Flags and env vars passed this parse once already: a rejected value is a layer's.
-            source::from_clap(err, cmd, |key| {
-                resolved
-                    .iter()
-                    .find(|r| r.key == key)
-                    .map_or(Source::Default, |r| r.source.clone())
-            })
-        })?;
-        Ok((matches, resolved))
     }
 
     /// The option's text and source from the highest layer that has it.
@@ -145,6 +140,32 @@ impl Layers {
         }
         Ok(None)
     }
+}
+
+/// clap's matches for `argv` with the `lowered` arguments before the user's own.
+fn reparse(
+    cmd: &Command,
+    argv: &[OsString],
+    lowered: Vec<OsString>,
+    resolved: &[Resolved],
+) -> Result<ArgMatches, ConfigError> {
+    let program = argv
+        .first()
+        .cloned()
+        .unwrap_or_else(|| cmd.get_name().into());
+    let rest = argv.get(1..).unwrap_or_default();
+    let argv = std::iter::once(program)
+        .chain(lowered)
+        .chain(rest.iter().cloned());
+    cmd.clone().try_get_matches_from(argv).map_err(|err| {
+        // Flags and env vars passed this parse once already: a rejected value is a layer's.
+        source::from_clap(err, cmd, |key| {
+            resolved
+                .iter()
+                .find(|r| r.key == key)
+                .map_or(Source::Default, |r| r.source.clone())
+        })
+    })
 }
 
 /// The env var clap reads for an option.

@@ -358,6 +358,17 @@ fn config_file_errors_name_the_file_the_key_and_the_reason() {
         )
     );
 
+    // Of several bad values, the first in the table is reported, whatever is wrong with the others.
+    let path = dir.file(
+        "two.toml",
+        "max_concurrency = [1]\nqueue_timeout = \"x\"\ngrace_period = \"banana\"\n",
+    );
+    let line = invalid(&["--config", arg(&path)]);
+    assert!(
+        line.contains("key `grace_period`: invalid value 'banana'"),
+        "{line}"
+    );
+
     let line = invalid(&["--config", "/nonexistent/lameduck.toml"]);
     assert!(line.contains("/nonexistent/lameduck.toml"), "{line}");
 }
