@@ -147,7 +147,7 @@ fn bad_values_give_one_line_naming_the_option_and_value() {
 /// clap's own line for a rejected value (`for '--grace-period <DURATION>'`) is replaced by
 /// lameduck's, which says whether the value came from the flag or the env var.
 #[test]
-fn flag_and_env_values_are_reported_as_lameduck_words_them() {
+fn rejected_flag_and_env_values_are_reported_in_lameducks_words() {
     const DURATION: &str = "expected a duration such as 500ms, 30s, 2m, 1h or 900";
     assert_eq!(
         invalid(&["--grace-period", "banana"]),
