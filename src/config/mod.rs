@@ -1,0 +1,390 @@
+//! Command line, environment, `--config` file and cerebrium.toml -> a validated [`Config`].
+//!
+//! [`Config`] is the option table: each option is one field whose clap attributes give its flag,
+//! env var, help, default (written there and nowhere else) and parser. Everything else derives
+//! from the table: `--help`, the keys a `--config` file may set, `--print-config`, and the options
+//! a cerebrium.toml maps onto. A new option is a field there plus the code that uses it.
+//!
+//! Precedence: flag > env var > `--config` file > cerebrium.toml > default. clap reads flags and
+//! env vars; the files (module `layers`) fill in only what clap left at its default, and their
+//! values go through clap too, so every value is checked by the same parser whatever layer it came
+//! from, and a bad one is reported as one line naming the option, the value and its source
+//! (module `source`). Nothing is bound, spawned or signalled here.
+//!
+//! - `parse`: the value parsers (durations, paths, the upstream URL, ...).
+//! - `layers`: the `--config` file, cerebrium.toml and `RUST_LOG`, and how they sit below flags
+//!   and env vars.
+//! - `source`: where each value came from, and the one-line messages.
+
+mod layers;
+mod parse;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args as _, FromArgMatches as _};
+use http::uri::Authority;
+
+use layers::Layers;
+use source::{Resolved, Source};
+
+/// Margin kept between the end of lameduck's own work and the platform's SIGKILL.
+pub const EXIT_MARGIN: Duration = Duration::from_secs(1);
+
+/// Everything lameduck needs to run, validated: build it with [`Config::from_env`] or
+/// [`Config::parse_from`].
+///
+/// This struct is also the option table. Each option's field carries its flag, env var, help,
+/// default and parser, and `--help`, the `--config` file's keys and `--print-config` follow from
+/// them. (clap's derive also provides `Config::from_arg_matches`; on its own that skips the
+/// `--config` file and cerebrium.toml, so use `parse_from`.)
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Public port to listen on
+    #[arg(long, env = "LAMEDUCK_PORT", value_name = "PORT")]
+    #[arg(default_value = "8000", value_parser = parse::port)]
+    port: u16,
+
+    /// Address to listen on, `::` for IPv6
+    #[arg(long, env = "LAMEDUCK_BIND", value_name = "ADDR")]
+    #[arg(default_value = "0.0.0.0", value_parser = parse::ip_addr)]
+    bind: IpAddr,
+
+    /// `--bind` and `--port` together, set by [`Config::parse_from`] from the two.
+    #[arg(skip = SocketAddr::from(([0, 0, 0, 0], 0)))]
+    pub listen: SocketAddr,
+
+    /// The backend, as http://HOST:PORT
+    #[arg(long, env = "LAMEDUCK_UPSTREAM", value_name = "URL")]
+    #[arg(default_value = "http://127.0.0.1:8080", value_parser = parse::upstream)]
+    pub upstream: Upstream,
+
+    /// How to talk to the backend: http1, or http2 (h2c, for gRPC)
+    #[arg(long, env = "LAMEDUCK_UPSTREAM_PROTOCOL", value_name = "PROTOCOL")]
+    #[arg(default_value = "http1", value_parser = parse::protocol)]
+    pub upstream_protocol: Protocol,
+
+    /// Time from SIGTERM to the platform's SIGKILL
+    #[arg(long, env = "LAMEDUCK_GRACE_PERIOD", value_name = "DURATION")]
+    #[arg(default_value = "30s", value_parser = parse::duration)]
+    pub grace_period: Duration,
+
+    /// After SIGTERM, keep admitting new requests this long while /ready already fails
+    #[arg(long, env = "LAMEDUCK_DRAIN_DELAY", value_name = "DURATION")]
+    #[arg(default_value = "0s", value_parser = parse::duration)]
+    pub drain_delay: Duration,
+
+    /// End the drain delay early once no new request has arrived for this long
+    #[arg(long, env = "LAMEDUCK_DRAIN_QUIET", value_name = "DURATION")]
+    #[arg(value_parser = parse::duration)]
+    pub drain_quiet: Option<Duration>,
+
+    /// Time the child is given between its SIGTERM and SIGKILL
+    #[arg(long, env = "LAMEDUCK_CHILD_STOP_TIMEOUT", value_name = "DURATION")]
+    #[arg(default_value = "5s", value_parser = parse::duration)]
+    pub child_stop_timeout: Duration,
+
+    /// Readiness endpoint answered by lameduck
+    #[arg(long, env = "LAMEDUCK_READY_PATH", value_name = "PATH")]
+    #[arg(default_value = "/ready", value_parser = parse::path)]
+    pub ready_path: String,
+
+    /// Liveness endpoint answered by lameduck
+    #[arg(long, env = "LAMEDUCK_HEALTH_PATH", value_name = "PATH")]
+    #[arg(default_value = "/health", value_parser = parse::path)]
+    pub health_path: String,
+
+    /// At the drain deadline, end event streams with a server_restarting event: on or off
+    #[arg(long, env = "LAMEDUCK_SSE_SHUTDOWN_EVENT", value_name = "on|off")]
+    #[arg(default_value = "on", value_parser = parse::switch, action = ArgAction::Set)]
+    pub sse_shutdown_event: bool,
+
+    /// Proxied requests in flight at most; 0 for no limit
+    #[arg(long, env = "LAMEDUCK_MAX_CONCURRENCY", value_name = "N")]
+    #[arg(default_value = "0", value_parser = parse::limit)]
+    pub max_concurrency: usize,
+
+    /// How long a request over the limit waits for a slot before a 503
+    #[arg(long, env = "LAMEDUCK_QUEUE_TIMEOUT", value_name = "DURATION")]
+    #[arg(default_value = "30s", value_parser = parse::duration)]
+    pub queue_timeout: Duration,
+
+    /// The backend counts as up only once this path answers 2xx (else: once its port accepts)
+    #[arg(long, env = "LAMEDUCK_BACKEND_READY_PATH", value_name = "PATH")]
+    #[arg(value_parser = parse::path)]
+    pub backend_ready_path: Option<String>,
+
+    /// /health also requires this backend path to answer 2xx (checked in the background)
+    #[arg(long, env = "LAMEDUCK_BACKEND_HEALTH_PATH", value_name = "PATH")]
+    #[arg(value_parser = parse::path)]
+    pub backend_health_path: Option<String>,
+
+    /// Backend not up by then: stop the child and exit 1
+    #[arg(long, env = "LAMEDUCK_STARTUP_TIMEOUT", value_name = "DURATION")]
+    #[arg(default_value = "10m", value_parser = parse::duration)]
+    pub startup_timeout: Duration,
+
+    /// Serve Prometheus metrics at this path
+    #[arg(long, env = "LAMEDUCK_METRICS_PATH", value_name = "PATH")]
+    #[arg(value_parser = parse::path)]
+    pub metrics_path: Option<String>,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+
+    /// TOML file with the same keys as the options (grace_period = "30s", ...)
+    #[arg(
+        id = "config",
+        long = "config",
+        env = "LAMEDUCK_CONFIG",
+        value_name = "FILE"
+    )]
+    config_file: Option<PathBuf>,
+
+    /// Read port, probe paths, grace period and concurrency from this cerebrium.toml
+    /// [default: ./cerebrium.toml if present]
+    #[arg(long, env = "LAMEDUCK_CEREBRIUM_TOML", value_name = "FILE")]
+    cerebrium_toml: Option<PathBuf>,
+
+    /// Print the effective configuration, with where each value came from, and exit
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// The backend to spawn and supervise
+    #[arg(id = "command", last = true, value_name = "COMMAND")]
+    command_words: Vec<OsString>,
+
+    /// The child to spawn, from the words after `--`; `None`: front a running backend.
+    #[arg(skip)]
+    pub command: Option<Command>,
+
+    /// Every option's value and where it came from, in table order.
+    #[arg(skip)]
+    sources: Vec<Resolved>,
+}
+
+/// Logging: part of the option table, flattened into [`Config`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogConfig {
+    /// Log format: text or json
+    #[arg(id = "log_format", long = "log-format", env = "LAMEDUCK_LOG_FORMAT")]
+    #[arg(value_name = "FORMAT", default_value = "text", value_parser = parse::log_format)]
+    pub format: LogFormat,
+
+    /// Log level or filter (trace, debug, info, warn, error); RUST_LOG is honoured too
+    #[arg(
+        id = "log_level",
+        long = "log-level",
+        env = "LAMEDUCK_LOG",
+        value_name = "LEVEL"
+    )]
+    #[arg(default_value = "info", value_parser = parse::log_filter)]
+    pub filter: String,
+
+    /// Log one line per request: method, path, status, bytes, duration
+    #[arg(long, env = "LAMEDUCK_ACCESS_LOG", value_name = "BOOL")]
+    #[arg(num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(value_parser = parse::switch, action = ArgAction::Set)]
+    pub access_log: bool,
+}
+
+/// How lameduck talks to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 over cleartext (h2c, prior knowledge): gRPC backends.
+    Http2,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The child to spawn: a program and its arguments.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
+
+/// The backend's address: plain HTTP on a host and port.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why no [`Config`] could be built.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// `--help` or `--version`: print it and exit 0.
+    Info(String),
+    /// Anything else: one line, exit 2.
+    Invalid(String),
+}
+
+/// The clap command: [`Config`]'s options under lameduck's name, usage and help.
+fn command() -> clap::Command {
+    // After the table: the derive would make `Config`'s doc comment the program's description.
+    Config::augment_args(clap::Command::new("lameduck"))
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A sidecar reverse proxy that gives any HTTP server a correct shutdown")
+        .long_about(None)
+        .override_usage("lameduck [OPTIONS] [-- COMMAND [ARG]...]")
+        .after_help(
+            "DURATION: 500ms, 30s, 2m, 1h, or a bare number of seconds.\n\
+             Precedence: flag > env var > --config file > cerebrium.toml > default.",
+        )
+}
+
+/// The options proper: what a `--config` file may set and `--print-config` lists. Every argument
+/// with an env var, but the files themselves.
+fn options(cmd: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    cmd.get_arguments().filter(|arg| {
+        arg.get_env().is_some() && !matches!(arg.get_id().as_str(), "config" | "cerebrium_toml")
+    })
+}
+
+impl Config {
+    /// Parses `std::env::args_os()`, the `LAMEDUCK_*` environment, and the files they name.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::parse_from(std::env::args_os())
+    }
+
+    /// Parses `args` (the first is the program's name), the `LAMEDUCK_*` environment, and the
+    /// files they name.
+    pub fn parse_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = command();
+
+        // 1. Flags, env vars and defaults.
+        let matches = cmd
+            .clone()
+            .try_get_matches_from(&argv)
+            .map_err(|err| source::from_clap(err, &cmd, |key| flag_or_env(&cmd, &argv, key)))?;
+        let config = Config::from_matches(&matches)?;
+
+        // 2. The files they name, below them.
+        let layers = Layers::read(
+            &cmd,
+            config.config_file.as_deref(),
+            config.cerebrium_toml.as_deref(),
+        )?;
+        let (matches, sources) = layers.apply(&cmd, &argv, matches)?;
+
+        // 3. What the options mean together.
+        let mut config = Config::from_matches(&matches)?;
+        config.listen = SocketAddr::new(config.bind, config.port);
+        let mut words = std::mem::take(&mut config.command_words).into_iter();
+        config.command = words.next().map(|program| Command {
+            program,
+            args: words.collect(),
+        });
+        config.sources = sources;
+        config.check_own_paths()?;
+        Ok(config)
+    }
+
+    /// The typed options from clap's matches.
+    fn from_matches(matches: &clap::ArgMatches) -> Result<Config, ConfigError> {
+        // Cannot fail: the matches come from this very table, so every id and type agrees.
+        Config::from_arg_matches(matches)
+            .map_err(|err| ConfigError::Invalid(source::first_line(&err.render().to_string())))
+    }
+
+    /// lameduck's own endpoints must differ, or one would hide another.
+    fn check_own_paths(&self) -> Result<(), ConfigError> {
+        let mut own_paths = vec![
+            ("--ready-path", &self.ready_path),
+            ("--health-path", &self.health_path),
+        ];
+        if let Some(metrics_path) = &self.metrics_path {
+            own_paths.push(("--metrics-path", metrics_path));
+        }
+        for (i, (name, path)) in own_paths.iter().enumerate() {
+            if let Some((other, _)) = own_paths[..i].iter().find(|(_, p)| p == path) {
+                return Err(ConfigError::Invalid(format!(
+                    "error: {other} and {name} are both '{path}'"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// How long after the shutdown signal the drain may last: the grace period less the child's
+    /// stop timeout and a safety margin, so lameduck has exited before the platform's SIGKILL.
+    pub fn drain_budget(&self) -> Duration {
+        self.grace_period
+            .saturating_sub(self.child_stop_timeout)
+            .saturating_sub(EXIT_MARGIN)
+    }
+
+    /// The effective configuration as a TOML document usable with `--config`, each value
+    /// annotated with its source.
+    pub fn describe(&self) -> String {
+        let mut out = String::from("# lameduck: effective configuration\n");
+        for resolved in &self.sources {
+            let line = match &resolved.value {
+                Some(value) => format!("{} = {}", resolved.key, toml_literal(value)),
+                None => format!("# {} (unset)", resolved.key),
+            };
+            out.push_str(&format!("{line:<44} # {}\n", resolved.source));
+        }
+        match &self.command {
+            Some(command) => {
+                let words: Vec<_> = std::iter::once(&command.program)
+                    .chain(&command.args)
+                    .map(|word| word.to_string_lossy())
+                    .collect();
+                out.push_str(&format!("# command: {}\n", words.join(" ")));
+            }
+            None => out.push_str("# command: none (fronting an already-running backend)\n"),
+        }
+        out
+    }
+
+    /// The options that came from a cerebrium.toml, for the startup log.
+    pub fn from_cerebrium(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|r| matches!(r.source, Source::Cerebrium(..)))
+            .map(|r| format!("{}={}", r.key, r.value.as_deref().unwrap_or("")))
+            .collect()
+    }
+}
+
+/// Where the first parse's rejected value for `key` came from: its flag or its env var.
+fn flag_or_env(cmd: &clap::Command, argv: &[OsString], key: &str) -> Source {
+    // clap reads the whole command line before any env var: if the command line alone parses,
+    // the rejected value was the env var's.
+    let without_env = cmd.clone().mut_args(|arg| arg.env(None::<&str>));
+    if without_env.try_get_matches_from(argv).is_err() {
+        return Source::Flag;
+    }
+    let arg = cmd.get_arguments().find(|arg| arg.get_id() == key);
+    Source::Env(arg.map(layers::env_name).unwrap_or_default())
+}
+
+/// How a value prints in `--print-config`'s TOML.
+fn toml_literal(value: &str) -> String {
+    let bare = value.parse::<i64>().is_ok() || value == "true" || value == "false";
+    if bare {
+        value.to_string()
+    } else {
+        toml::Value::String(value.to_string()).to_string()
+    }
+}

@@ -1,0 +1,195 @@
+//! Value parsers: an option's text -> its typed value, or the reason it is not one.
+//!
+//! clap runs them (they are the option table's `value_parser`s) on flags, env vars and defaults,
+//! and on the `--config` file's and cerebrium.toml's values too, so a value is checked the same
+//! way whichever layer it came from. The reasons are the end of lameduck's one-line messages
+//! (`error: invalid value 'x' for --opt: <reason>`); scripts and docs quote them, so they stay put.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::uri::{Scheme, Uri};
+
+use super::{LogFormat, Protocol, Upstream};
+
+/// `500ms`, `30s`, `2m`, `1h` (any humantime duration), or a bare number of seconds (`900`,
+/// `1.5`), as cerebrium.toml writes it.
+pub(super) fn duration(value: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a duration such as 500ms, 30s, 2m, 1h or 900";
+    let value = value.trim();
+    // Only digits and dots: humantime wants a unit, cerebrium.toml never writes one.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return value
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| EXPECTED.to_string());
+    }
+    humantime::parse_duration(value).map_err(|_| EXPECTED.to_string())
+}
+
+/// A TCP port, 0 included (the kernel picks one).
+pub(super) fn port(value: &str) -> Result<u16, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a port number (0-65535)".to_string())
+}
+
+/// An IPv4 or IPv6 address to listen on.
+pub(super) fn ip_addr(value: &str) -> Result<IpAddr, String> {
+    value
+        .parse()
+        .map_err(|_| "expected an IP address such as 0.0.0.0 or ::".to_string())
+}
+
+/// A whole number, 0 meaning "no limit".
+pub(super) fn limit(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a whole number (0 for no limit)".to_string())
+}
+
+/// `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, in any case.
+pub(super) fn switch(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+/// An absolute URL path without query or fragment, as lameduck compares it to request paths.
+pub(super) fn path(value: &str) -> Result<String, String> {
+    if value.starts_with('/') && !value.contains(['?', '#', ' ']) {
+        Ok(value.to_string())
+    } else {
+        Err("expected an absolute path such as /ready".to_string())
+    }
+}
+
+/// `http1` or `http2`.
+pub(super) fn protocol(value: &str) -> Result<Protocol, String> {
+    match value {
+        "http1" => Ok(Protocol::Http1),
+        "http2" => Ok(Protocol::Http2),
+        _ => Err("expected http1 or http2".to_string()),
+    }
+}
+
+/// `text` or `json`.
+pub(super) fn log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".to_string()),
+    }
+}
+
+/// A level or a `RUST_LOG`-style filter, kept as text: `main` builds the filter from it, once
+/// this has shown that it parses.
+pub(super) fn log_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map(|_| value.to_string())
+        .map_err(|_| {
+            "expected a level (trace, debug, info, warn, error) or a RUST_LOG filter".to_string()
+        })
+}
+
+/// `http://HOST[:PORT]`, nothing else: lameduck speaks plain HTTP to a backend next to it.
+pub(super) fn upstream(value: &str) -> Result<Upstream, String> {
+    const EXPECTED: &str = "expected http://HOST:PORT";
+    let uri: Uri = value.parse().map_err(|_| EXPECTED.to_string())?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(format!("{EXPECTED} (only plain http is supported)"));
+    }
+    let authority = uri.authority().ok_or_else(|| EXPECTED.to_string())?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{EXPECTED} (no user info)"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{EXPECTED} (no path or query)"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(EXPECTED.to_string());
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    // Always carry the port, so the authority handed to the client is exactly the one probed.
+    let authority = if authority.port().is_some() {
+        authority.clone()
+    } else {
+        format!("{}:{port}", authority.host())
+            .parse()
+            .map_err(|_| EXPECTED.to_string())?
+    };
+    Ok(Upstream {
+        authority,
+        host,
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(duration("banana").is_err());
+        assert!(duration("").is_err());
+        assert!(duration("-1s").is_err());
+        assert!(duration("-1").is_err());
+    }
+
+    #[test]
+    fn upstream_must_be_plain_http_with_a_host() {
+        let up = upstream("http://127.0.0.1:9000").unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("127.0.0.1", 9000));
+        let up = upstream("http://localhost").unwrap();
+        assert_eq!(up.authority.as_str(), "localhost:80");
+        let up = upstream("http://[::1]:81/").unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("::1", 81));
+        assert!(upstream("https://127.0.0.1:9000").is_err());
+        assert!(upstream("127.0.0.1:9000").is_err());
+        assert!(upstream("http://127.0.0.1:9000/api").is_err());
+        assert!(upstream("http://u:p@127.0.0.1:9000").is_err());
+    }
+
+    #[test]
+    fn switches_take_the_usual_spellings() {
+        for yes in ["true", "1", "yes", "on", "ON", "True"] {
+            assert_eq!(switch(yes), Ok(true), "{yes}");
+        }
+        for no in ["false", "0", "no", "off", "OFF"] {
+            assert_eq!(switch(no), Ok(false), "{no}");
+        }
+        assert!(switch("maybe").is_err());
+        assert!(switch("").is_err());
+    }
+
+    #[test]
+    fn paths_are_absolute_without_query() {
+        assert_eq!(path("/ready"), Ok("/ready".to_string()));
+        for bad in ["ready", "", "/a b", "/a?b", "/a#b"] {
+            assert!(path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn log_filters_are_checked_but_kept_as_written() {
+        assert_eq!(log_filter("info,hyper=warn"), Ok("info,hyper=warn".into()));
+        assert!(log_filter("info,x=notalevel").is_err());
+    }
+}
