@@ -33,9 +33,6 @@ use http::uri::Authority;
 use layers::Layers;
 use source::{Resolved, Source};
 
-/// Margin kept between the end of lameduck's own work and the platform's SIGKILL.
-pub const EXIT_MARGIN: Duration = Duration::from_secs(1);
-
 /// Everything lameduck needs to run, validated: build it with [`Config::from_env`] or
 /// [`Config::parse_from`].
 ///
@@ -323,14 +320,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// How long after the shutdown signal the drain may last: the grace period less the child's
-    /// stop timeout and a safety margin, so lameduck has exited before the platform's SIGKILL.
-    pub fn drain_budget(&self) -> Duration {
-        self.grace_period
-            .saturating_sub(self.child_stop_timeout)
-            .saturating_sub(EXIT_MARGIN)
     }
 
     /// The effective configuration as a TOML document usable with `--config`, each value

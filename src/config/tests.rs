@@ -77,7 +77,6 @@ fn defaults_match_the_spec() {
     assert_eq!(config.log.format, LogFormat::Text);
     assert!(!config.log.access_log);
     assert!(config.command.is_none());
-    assert_eq!(config.drain_budget(), Duration::from_secs(24));
     assert_eq!(source_of(&config, "grace_period"), &Source::Default);
 }
 
@@ -205,12 +204,6 @@ fn clap_errors_other_than_values_keep_claps_first_line() {
     );
     assert!(matches!(parse(&["--help"]), Err(ConfigError::Info(_))));
     assert!(matches!(parse(&["--version"]), Err(ConfigError::Info(_))));
-}
-
-#[test]
-fn budget_never_goes_negative() {
-    let config = parse(&["--grace-period", "2s", "--child-stop-timeout", "5s"]).unwrap();
-    assert_eq!(config.drain_budget(), Duration::ZERO);
 }
 
 /// One typed option through every layer clap does not read: default < cerebrium.toml < file <
