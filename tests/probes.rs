@@ -10,8 +10,10 @@ use support::*;
 #[tokio::test]
 async fn requests_wait_while_the_backend_starts() {
     let ld = Builder::with_backend()
-        .env("BACKEND_DELAY_MS", "1500")
-        .spawn();
+        // Long enough that the requests below reach lameduck before the backend is up.
+        .env("BACKEND_DELAY_MS", "3000")
+        .spawn()
+        .await;
     // /ready says starting while the backend has not bound its port.
     let reply = first_reply(ld.port, "/ready").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -38,7 +40,7 @@ async fn requests_wait_while_the_backend_starts() {
 
 #[tokio::test]
 async fn probes_answer_get_and_head_without_caching() {
-    let ld = Builder::with_backend().spawn();
+    let ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     for path in ["/ready", "/health"] {
         let reply = get(ld.port, path).await.unwrap();
@@ -66,7 +68,8 @@ async fn probe_paths_are_configurable_and_the_defaults_then_reach_the_backend() 
     let ld = Builder::with_backend()
         .args(&["--ready-path", "/_ld/ready"])
         .env("LAMEDUCK_HEALTH_PATH", "/_ld/health")
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready_at("/_ld/ready").await;
     assert_eq!(
         get(ld.port, "/_ld/health").await.unwrap().status,
