@@ -39,6 +39,8 @@ async fn over_the_limit_requests_queue_and_ready_says_at_capacity() {
     for request in [first, second] {
         assert_eq!(request.await.unwrap().unwrap().status, StatusCode::OK);
     }
+    // The slots free up as the responses end (a moment after the client has them).
+    wait_active(ld.port, 0).await;
     assert_eq!(ready_json(ld.port).await.0, StatusCode::OK);
 }
 

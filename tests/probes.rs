@@ -30,6 +30,8 @@ async fn requests_wait_while_the_backend_starts() {
         (reply.status, reply.body.as_str()),
         (StatusCode::OK, "hello")
     );
+    // The request counts as active until its response has ended, a moment after the client has it.
+    wait_active(ld.port, 0).await;
     let reply = get(ld.port, "/ready").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(

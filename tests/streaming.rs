@@ -66,7 +66,7 @@ async fn http2_clients_reach_an_http1_backend_and_get_goaway_on_drain() {
 
     ld.signal(Signal::SIGTERM);
     // The idle HTTP/2 connection is closed (GOAWAY) instead of being left to a reset.
-    tokio::time::timeout(Duration::from_secs(5), conn)
+    tokio::time::timeout(PATIENCE, conn)
         .await
         .expect("the h2 connection was not closed")
         .unwrap();
@@ -202,7 +202,7 @@ async fn at_the_deadline_every_kind_of_request_ends_the_way_its_client_understan
         assert!(reply.header("retry-after").is_some());
     }
     for mut ws in sockets {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        let message = tokio::time::timeout(PATIENCE, ws.next())
             .await
             .expect("no close frame")
             .unwrap()
