@@ -98,8 +98,17 @@ async fn with_a_backend_ready_path_requests_are_held_until_it_answers_2xx() {
         (reply.status, body["status"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("starting"))
     );
-    // Forwarded early, this would be the backend's 503 "loading".
-    let held = get(ld.port, "/readyz").await.unwrap();
+    // Held while lameduck still says starting; forwarded early, this would be the backend's 503
+    // "loading".
+    let held = tokio::spawn(get(ld.port, "/readyz"));
+    wait_active(ld.port, 1).await;
+    let (status, body) = ready_json(ld.port).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("starting")),
+        "the backend was ready before the request could be seen held: {body}"
+    );
+    let held = held.await.unwrap().unwrap();
     assert_eq!((held.status, held.body.as_str()), (StatusCode::OK, "ready"));
 }
 

@@ -24,8 +24,17 @@ async fn requests_wait_while_the_backend_starts() {
         StatusCode::OK
     );
 
-    // An early request is held until the backend is up, then answered.
-    let reply = get(ld.port, "/hello").await.unwrap();
+    // An early request is held (active, while lameduck still says starting) until the backend
+    // is up, then answered. Forwarded early, it would have failed with a 502.
+    let early = tokio::spawn(get(ld.port, "/hello"));
+    wait_active(ld.port, 1).await;
+    let (status, body) = ready_json(ld.port).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("starting")),
+        "the backend came up before the request could be seen held: {body}"
+    );
+    let reply = early.await.unwrap().unwrap();
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (StatusCode::OK, "hello")
