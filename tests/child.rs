@@ -2,9 +2,7 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use nix::sys::signal::{kill, Signal};
@@ -17,7 +15,7 @@ async fn backend_pid(ld: &Lameduck) -> u32 {
 
 #[tokio::test]
 async fn a_child_that_exits_on_its_own_gives_lameduck_its_status() {
-    let mut ld = Builder::with_backend().spawn();
+    let mut ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     let reply = get(ld.port, "/exit?code=3").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
@@ -26,7 +24,7 @@ async fn a_child_that_exits_on_its_own_gives_lameduck_its_status() {
 
 #[tokio::test]
 async fn a_child_killed_by_a_signal_gives_128_plus_n() {
-    let mut ld = Builder::with_backend().spawn();
+    let mut ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     let pid = backend_pid(&ld).await;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
@@ -35,11 +33,12 @@ async fn a_child_killed_by_a_signal_gives_128_plus_n() {
 
 #[tokio::test]
 async fn hup_usr1_usr2_and_winch_are_forwarded_to_the_child() {
-    let log = std::env::temp_dir().join(format!("lameduck-signals-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
+    let dir = TempDir::new("signals");
+    let log = dir.join("signals.log");
     let mut ld = Builder::with_backend()
         .env("BACKEND_SIGNAL_LOG", log.to_str().unwrap())
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let expected = ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH"];
     for signal in [
@@ -49,44 +48,43 @@ async fn hup_usr1_usr2_and_winch_are_forwarded_to_the_child() {
         Signal::SIGWINCH,
     ] {
         ld.signal(signal);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let start = Instant::now();
-    loop {
-        let seen = std::fs::read_to_string(&log).unwrap_or_default();
-        if expected.iter().all(|name| seen.contains(name)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the child saw only {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        &format!("the child to log {expected:?} in {log:?}"),
+        || async {
+            let seen = std::fs::read_to_string(&log).unwrap_or_default();
+            expected
+                .iter()
+                .all(|name| seen.lines().any(|line| line == *name))
+        },
+    )
+    .await;
     // None of them stopped lameduck or the child.
     assert_eq!(get(ld.port, "/ready").await.unwrap().status, StatusCode::OK);
     ld.signal(Signal::SIGTERM);
     ld.expect_exit(0).await;
-    let _ = std::fs::remove_file(&log);
 }
 
 #[tokio::test]
 async fn a_missing_command_exits_127_and_a_non_executable_one_126() {
-    let mut ld = Builder::with_command(&["/nonexistent/lameduck-backend"]).spawn();
+    let mut ld = Builder::with_command(&["/nonexistent/lameduck-backend"])
+        .spawn()
+        .await;
     ld.expect_exit(127).await;
 
-    let path = std::env::temp_dir().join(format!("lameduck-noexec-{}", std::process::id()));
-    let mut file = std::fs::File::create(&path).unwrap();
-    file.write_all(b"#!/bin/sh\nexit 0\n").unwrap();
+    let dir = TempDir::new("noexec");
+    let path = dir.join("backend.sh");
+    std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut ld = Builder::with_command(&[path.to_str().unwrap()]).spawn();
+    let mut ld = Builder::with_command(&[path.to_str().unwrap()])
+        .spawn()
+        .await;
     ld.expect_exit(126).await;
-    let _ = std::fs::remove_file(&path);
 }
 
 #[tokio::test]
 async fn no_descendant_of_the_child_survives_lameduck() {
-    let mut ld = Builder::with_backend().spawn();
+    let mut ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     let backend = backend_pid(&ld).await;
     let spawned = get(ld.port, "/spawn").await.unwrap().body;
@@ -106,19 +104,22 @@ async fn a_child_that_ignores_sigterm_is_killed_and_lameduck_exits_1() {
     let mut ld = Builder::with_backend()
         .env("BACKEND_ON_TERM", "ignore")
         .args(&["--child-stop-timeout", "500ms"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let backend = backend_pid(&ld).await;
     ld.signal(Signal::SIGTERM);
     ld.expect_exit(1).await;
     assert!(!alive(backend));
+    assert!(ld.log().contains("SIGKILL"), "{}", ld.log());
 }
 
 #[tokio::test]
 async fn the_child_gets_port_set_to_the_upstream_port() {
     // The test backend binds $PORT; lameduck only becomes ready if that is the upstream's port.
     let ld = Builder::with_command(&["sh", "-c", "exec \"$0\"", backend_path().to_str().unwrap()])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     assert_eq!(get(ld.port, "/hello").await.unwrap().body, "hello");
 }

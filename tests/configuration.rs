@@ -2,42 +2,35 @@
 
 mod support;
 
-use std::process::Command;
-
 use http::StatusCode;
 use support::*;
 
-fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run lameduck");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// The line of `--print-config` output for `key`.
+fn config_line<'a>(printed: &'a str, key: &str) -> &'a str {
+    printed
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("{key} missing from {printed}"))
 }
 
 #[tokio::test]
 async fn a_cerebrium_toml_in_the_working_directory_configures_lameduck() {
-    let dir = temp_dir("cerebrium");
-    let port = free_port();
+    let dir = TempDir::new("cerebrium");
+    // Port 0: lameduck binds a port of the kernel's choosing, never the default 8000, only if it
+    // takes the port from this file.
     std::fs::write(
         dir.join("cerebrium.toml"),
-        format!(
-            "[cerebrium.deployment]\nname = \"app\"\n\n[cerebrium.runtime.custom]\nport = {port}\n\
-             readycheck_endpoint = \"/cerebrium/ready\"\nhealthcheck_endpoint = \"/cerebrium/health\"\n\n\
-             [cerebrium.scaling]\nresponse_grace_period = 45\nreplica_concurrency = 3\n"
-        ),
+        "[cerebrium.deployment]\nname = \"app\"\n\n[cerebrium.runtime.custom]\nport = 0\n\
+         readycheck_endpoint = \"/cerebrium/ready\"\nhealthcheck_endpoint = \"/cerebrium/health\"\n\n\
+         [cerebrium.scaling]\nresponse_grace_period = 45\nreplica_concurrency = 3\n",
     )
     .unwrap();
     let ld = Builder::with_backend()
-        .current_dir(&dir)
-        .port_from_config(port)
-        .spawn();
+        .current_dir(dir.path())
+        .port_from_config()
+        .spawn()
+        .await;
+    assert_ne!(ld.port, 8000, "{}", ld.log());
     ld.wait_ready_at("/cerebrium/ready").await;
     let ready = get(ld.port, "/cerebrium/ready").await.unwrap();
     let body: serde_json::Value = serde_json::from_str(&ready.body).unwrap();
@@ -52,13 +45,14 @@ async fn a_cerebrium_toml_in_the_working_directory_configures_lameduck() {
         "{log}"
     );
 
-    let (code, stdout, _) = run(&["--print-config"], &dir);
-    assert_eq!(code, 0);
-    assert!(stdout.contains(&format!("port = {port}")), "{stdout}");
-    let grace = stdout
-        .lines()
-        .find(|l| l.starts_with("grace_period"))
-        .unwrap();
+    let out = run_to_exit(&["--print-config"], &[], Some(dir.path()));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let port = config_line(&out.stdout, "port");
+    assert!(
+        port.starts_with("port = 0 ") && port.contains("cerebrium.toml"),
+        "{port}"
+    );
+    let grace = config_line(&out.stdout, "grace_period");
     assert!(
         grace.contains("45") && grace.contains("response_grace_period"),
         "{grace}"
@@ -67,7 +61,7 @@ async fn a_cerebrium_toml_in_the_working_directory_configures_lameduck() {
 
 #[test]
 fn precedence_is_flag_then_env_then_file_then_cerebrium_then_default() {
-    let dir = temp_dir("precedence");
+    let dir = TempDir::new("precedence");
     std::fs::write(
         dir.join("cerebrium.toml"),
         "[runtime.custom]\nport = 9001\n[scaling]\nresponse_grace_period = 100\nreplica_concurrency = 7\n",
@@ -78,31 +72,20 @@ fn precedence_is_flag_then_env_then_file_then_cerebrium_then_default() {
         "port = 9002\ngrace_period = \"50s\"\ndrain_delay = \"4s\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .args([
+    let out = run_to_exit(
+        &[
             "--config",
             "lameduck.toml",
             "--print-config",
             "--port",
             "9004",
-        ])
-        .env("LAMEDUCK_PORT", "9003")
-        .env("LAMEDUCK_GRACE_PERIOD", "20s")
-        .env_remove("RUST_LOG")
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = |key: &str| {
-        stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("{key} ")))
-            .unwrap_or_else(|| panic!("{key} missing from {stdout}"))
-            .to_string()
-    };
+        ],
+        &[("LAMEDUCK_PORT", "9003"), ("LAMEDUCK_GRACE_PERIOD", "20s")],
+        Some(dir.path()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let expect = |key: &str, value: &str, source: &str| {
-        let line = line(key);
+        let line = config_line(&out.stdout, key);
         assert!(
             line.contains(value) && line.contains(source),
             "{key}: {line}"
@@ -117,7 +100,7 @@ fn precedence_is_flag_then_env_then_file_then_cerebrium_then_default() {
 
 #[tokio::test]
 async fn a_config_file_works_and_a_flag_overrides_it() {
-    let dir = temp_dir("config-file");
+    let dir = TempDir::new("config-file");
     let file = dir.join("lameduck.toml");
     std::fs::write(
         &file,
@@ -126,7 +109,8 @@ async fn a_config_file_works_and_a_flag_overrides_it() {
     .unwrap();
     let ld = Builder::with_backend()
         .args(&["--config", file.to_str().unwrap(), "--max-concurrency", "9"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready_at("/from-file").await;
     let body: serde_json::Value =
         serde_json::from_str(&get(ld.port, "/from-file").await.unwrap().body).unwrap();
@@ -134,9 +118,23 @@ async fn a_config_file_works_and_a_flag_overrides_it() {
     assert_eq!(get(ld.port, "/alive").await.unwrap().status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn the_port_can_come_from_a_config_file() {
+    let dir = TempDir::new("config-port");
+    let file = dir.join("lameduck.toml");
+    std::fs::write(&file, "port = 0\nready_path = \"/from-file\"\n").unwrap();
+    let ld = Builder::with_backend()
+        .args(&["--config", file.to_str().unwrap()])
+        .port_from_config()
+        .spawn()
+        .await;
+    assert_ne!(ld.port, 8000, "{}", ld.log());
+    ld.wait_ready_at("/from-file").await;
+}
+
 #[test]
 fn a_broken_or_wrong_config_file_exits_2_naming_the_file_and_key() {
-    let dir = temp_dir("broken-config");
+    let dir = TempDir::new("broken-config");
     let cases = [
         (
             "syntax.toml",
@@ -161,8 +159,9 @@ fn a_broken_or_wrong_config_file_exits_2_naming_the_file_and_key() {
     ];
     for (name, text, needles) in cases {
         std::fs::write(dir.join(name), text).unwrap();
-        let (code, _, stderr) = run(&["--config", name], &dir);
-        assert_eq!(code, 2, "{name}: {stderr}");
+        let out = run_to_exit(&["--config", name], &[], Some(dir.path()));
+        let stderr = out.stderr;
+        assert_eq!(out.code, 2, "{name}: {stderr}");
         assert_eq!(
             stderr.trim_end().lines().count(),
             1,
@@ -175,7 +174,7 @@ fn a_broken_or_wrong_config_file_exits_2_naming_the_file_and_key() {
             );
         }
     }
-    let (code, _, stderr) = run(&["--config", "missing.toml"], &dir);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("missing.toml"), "{stderr}");
+    let out = run_to_exit(&["--config", "missing.toml"], &[], Some(dir.path()));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
 }

@@ -15,31 +15,24 @@ async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped
     // signalled it would fail.
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "30s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let backend_pid: u32 = get(ld.port, "/pid").await.unwrap().body.parse().unwrap();
 
     let mut slow = Vec::new();
     for _ in 0..20 {
-        slow.push(tokio::spawn(get(ld.port, "/slow?ms=2000")));
+        slow.push(tokio::spawn(get(ld.port, "/slow?ms=3000")));
     }
     let mut streams = Vec::new();
     for _ in 0..5 {
-        streams.push(tokio::spawn(get(ld.port, "/sse?n=4&ms=500")));
+        streams.push(tokio::spawn(get(ld.port, "/sse?n=4&ms=1000")));
     }
     wait_active(ld.port, 25).await;
 
     ld.signal(Signal::SIGTERM);
-    let signalled = Instant::now();
-    // /ready fails at once, /health holds, new work is refused at once.
-    loop {
-        let (status, body) = ready_json(ld.port).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(body["status"], "draining");
-            break;
-        }
-        assert!(signalled.elapsed() < Duration::from_secs(2));
-    }
+    // /ready fails, /health holds, new work is refused at once.
+    ld.wait_draining().await;
     assert_eq!(
         get(ld.port, "/health").await.unwrap().status,
         StatusCode::OK
@@ -58,7 +51,7 @@ async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped
         let reply = request.await.unwrap().unwrap();
         assert_eq!(
             (reply.status, reply.body.as_str()),
-            (StatusCode::OK, "slow 2000 done")
+            (StatusCode::OK, "slow 3000 done")
         );
     }
     let events: String = (0..4)
@@ -79,32 +72,49 @@ async fn sigterm_lets_every_in_flight_request_finish_before_the_child_is_stopped
 }
 
 #[tokio::test]
-async fn during_the_drain_delay_new_requests_are_still_proxied() {
+async fn during_the_drain_delay_new_requests_are_still_proxied_and_refused_after_it() {
     let mut ld = Builder::with_backend()
-        .args(&["--drain-delay", "2s"])
-        .spawn();
+        .args(&["--drain-delay", "3s", "--grace-period", "60s"])
+        .spawn()
+        .await;
     ld.wait_ready().await;
+    // Held through the whole delay, so that lameduck is still up to refuse requests after it.
+    let held = tokio::spawn(get(ld.port, "/slow?ms=8000"));
+    wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGTERM);
     let signalled = Instant::now();
-    while ready_json(ld.port).await.0 != StatusCode::SERVICE_UNAVAILABLE {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ld.wait_draining().await;
+
+    // /ready already fails, but new requests are still proxied (and told to close).
     let reply = get(ld.port, "/hello").await.unwrap();
-    assert!(
-        signalled.elapsed() < Duration::from_millis(1500),
-        "test too slow to observe the delay"
-    );
     assert_eq!(
         (reply.status, reply.body.as_str()),
-        (StatusCode::OK, "hello")
+        (StatusCode::OK, "hello"),
+        "a request {:?} after SIGTERM was not proxied",
+        signalled.elapsed()
     );
     assert_eq!(reply.header("connection"), Some("close"));
 
-    tokio::time::sleep_until((signalled + Duration::from_millis(2300)).into()).await;
-    // Once the delay is over lameduck exits (nothing in flight); if it is still up, it refuses.
-    if let Ok(reply) = get(ld.port, "/hello").await {
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    }
+    // Once the delay is over, they are refused.
+    let refused = loop {
+        let reply = get(ld.port, "/hello").await.unwrap();
+        if reply.status != StatusCode::OK {
+            break reply;
+        }
+        assert!(signalled.elapsed() < PATIENCE, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(2900),
+        "refused after {:?}, within the 3 s delay",
+        signalled.elapsed()
+    );
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.body, r#"{"error":"shutting_down"}"#);
+    assert!(refused.header("retry-after").is_some());
+    assert!(!held.is_finished(), "nothing was in flight any more");
+
+    assert_eq!(held.await.unwrap().unwrap().status, StatusCode::OK);
     ld.expect_exit(0).await;
 }
 
@@ -112,7 +122,8 @@ async fn during_the_drain_delay_new_requests_are_still_proxied() {
 async fn an_idle_lameduck_exits_at_once_instead_of_sleeping_out_the_grace_period() {
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "120s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     ld.signal(Signal::SIGTERM);
     ld.expect_exit(0).await;
@@ -124,7 +135,8 @@ async fn the_deadline_cuts_what_is_left_and_exits_1_before_the_grace_period_ends
     // Budget: 4s - 1s (child stop) - 1s (margin) = 2s of drain.
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "4s", "--child-stop-timeout", "1s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
     wait_active(ld.port, 1).await;
@@ -141,50 +153,104 @@ async fn the_deadline_cuts_what_is_left_and_exits_1_before_the_grace_period_ends
         "outlived the grace period: {took:?}"
     );
     assert!(ld.log().contains("cut=1"), "{}", ld.log());
-    assert!(stuck
-        .await
-        .unwrap()
-        .map_or(true, |r| r.status != StatusCode::OK));
+    // Its response had not started: the client is told to retry.
+    let reply = stuck.await.unwrap().expect("a 503, not a reset");
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body, r#"{"error":"shutting_down"}"#);
+    assert!(reply.header("retry-after").is_some());
 }
 
 #[tokio::test]
 async fn a_second_signal_skips_the_rest_of_the_drain() {
+    // Budget: 60s - 5s - 1s = 54s; the request would take 60 s.
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "60s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
-    let _stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
+    let stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
     wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    ld.wait_draining().await;
+    // The first signal drains: lameduck waits for the request.
+    let (_, ready) = ready_json(ld.port).await;
+    assert_eq!(ready["active_requests"], 1, "{ready}");
+    assert!(ld.running());
+
     ld.signal(Signal::SIGINT);
+    let signalled = Instant::now();
     ld.expect_exit(1).await;
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+    assert!(ld.log().contains("cut=1"), "{}", ld.log());
+    assert!(
+        stuck
+            .await
+            .unwrap()
+            .map_or(true, |r| r.status != StatusCode::OK),
+        "the request was not cut"
+    );
 }
 
 #[tokio::test]
-async fn sigquit_stops_at_once() {
+async fn sigquit_skips_the_drain_that_sigterm_would_wait_for() {
+    // A SIGTERM would wait up to 54 s (60s - 5s - 1s) for this 60 s request; SIGQUIT does not.
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "60s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
+    let backend_pid: u32 = get(ld.port, "/pid").await.unwrap().body.parse().unwrap();
+    let stuck = tokio::spawn(get(ld.port, "/slow?ms=60000"));
+    wait_active(ld.port, 1).await;
+
     ld.signal(Signal::SIGQUIT);
-    ld.expect_exit(0).await;
+    let signalled = Instant::now();
+    let status = ld.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
+    // Cutting a request makes it an unclean stop.
+    assert_eq!(status, 1, "{}", ld.log());
+    assert!(ld.log().contains("cut=1"), "{}", ld.log());
+    assert!(
+        stuck
+            .await
+            .unwrap()
+            .map_or(true, |r| r.status != StatusCode::OK),
+        "the request was not cut"
+    );
+    assert!(!alive(backend_pid), "the child outlived lameduck");
 }
 
 #[tokio::test]
 async fn without_a_child_lameduck_drains_and_exits_alone() {
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut ld = Builder::without_child(upstream.local_addr().unwrap().port()).spawn();
+    let backend = Backend::spawn(&[]);
+    let mut ld = Builder::without_child(backend.port).spawn().await;
     ld.wait_ready().await;
+    let slow = tokio::spawn(get(ld.port, "/slow?ms=2000"));
+    wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGINT);
+    ld.wait_draining().await;
+
+    let reply = slow.await.unwrap().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "slow 2000 done")
+    );
     ld.expect_exit(0).await;
+    // The backend is not lameduck's to stop: it still serves.
+    assert!(alive(backend.pid()));
+    assert_eq!(get(backend.port, "/hello").await.unwrap().body, "hello");
 }
 
 #[tokio::test]
 async fn a_request_abandoned_by_its_client_does_not_hold_up_the_drain() {
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "60s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let abandoned = tokio::spawn(get(ld.port, "/slow?ms=60000"));
     let streaming = send(ld.port, get_request("/sse?n=1000&ms=100"))

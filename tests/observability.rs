@@ -3,7 +3,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use http::StatusCode;
 use nix::sys::signal::Signal;
@@ -49,7 +48,8 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 async fn metrics_report_in_flight_requests_by_status_durations_and_phase() {
     let ld = Builder::with_backend()
         .args(&["--metrics-path", "/metrics"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     for _ in 0..3 {
         assert_eq!(get(ld.port, "/hello").await.unwrap().status, StatusCode::OK);
@@ -58,8 +58,8 @@ async fn metrics_report_in_flight_requests_by_status_durations_and_phase() {
         get(ld.port, "/nope").await.unwrap().status,
         StatusCode::NOT_FOUND
     );
-    let slow = tokio::spawn(get(ld.port, "/slow?ms=1000"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let slow = tokio::spawn(get(ld.port, "/slow?ms=3000"));
+    wait_active(ld.port, 1).await;
 
     let reply = get(ld.port, "/metrics").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
@@ -124,9 +124,13 @@ async fn metrics_report_in_flight_requests_by_status_durations_and_phase() {
 async fn json_logs_are_one_object_per_line_and_the_access_log_has_each_request() {
     let mut ld = Builder::with_backend()
         .args(&["--log-format", "json", "--access-log"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     assert_eq!(get(ld.port, "/hello?x=1").await.unwrap().body, "hello");
+    for probe in ["/ready", "/health"] {
+        assert_eq!(get(ld.port, probe).await.unwrap().status, StatusCode::OK);
+    }
     ld.signal(Signal::SIGTERM);
     ld.expect_exit(0).await;
 
@@ -135,6 +139,13 @@ async fn json_logs_are_one_object_per_line_and_the_access_log_has_each_request()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect();
+    // The helper found the port in the JSON `listening` line.
+    assert!(
+        lines.iter().any(
+            |l| l["message"] == "listening" && l["address"] == format!("127.0.0.1:{}", ld.port)
+        ),
+        "{log}"
+    );
     assert!(
         lines
             .iter()
@@ -150,23 +161,59 @@ async fn json_logs_are_one_object_per_line_and_the_access_log_has_each_request()
     assert_eq!(access["bytes"], 5);
     assert!(access["duration_ms"].as_f64().is_some(), "{access}");
     // Probes stay out of the access log.
-    assert!(!lines.iter().any(|l| l["path"] == "/ready"), "{log}");
+    for probe in ["/ready", "/health"] {
+        assert!(!lines.iter().any(|l| l["path"] == probe), "{log}");
+    }
 }
 
 #[tokio::test]
 async fn log_level_quiets_lameduck_and_rust_log_is_honoured() {
+    // At warn, the `listening` line is not logged: the port is fixed instead. A child that
+    // ignores SIGTERM gets lameduck to warn (it has to SIGKILL it), so the log has something in
+    // it, and the test sees the warning come through but no info line.
     let mut ld = Builder::with_backend()
-        .args(&["--log-level", "warn"])
-        .spawn();
+        .fixed_port()
+        .env("BACKEND_ON_TERM", "ignore")
+        .args(&["--log-level", "warn", "--child-stop-timeout", "500ms"])
+        .spawn()
+        .await;
     ld.wait_ready().await;
     ld.signal(Signal::SIGTERM);
-    ld.expect_exit(0).await;
-    assert!(!ld.log().contains("INFO"), "{}", ld.log());
+    ld.expect_exit(1).await;
+    let log = ld.log();
+    assert!(log.contains(" WARN ") && log.contains("SIGKILL"), "{log}");
+    assert!(!log.contains("INFO"), "{log}");
 
-    let mut ld = Builder::with_backend().env("RUST_LOG", "debug").spawn();
+    let mut ld = Builder::with_backend()
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .await;
     ld.wait_ready().await;
     get(ld.port, "/hello").await.unwrap();
     ld.signal(Signal::SIGTERM);
     ld.expect_exit(0).await;
     assert!(ld.log().contains("DEBUG"), "{}", ld.log());
+}
+
+#[test]
+fn the_listening_line_is_found_in_text_and_json_logs() {
+    let text = "2026-11-24T00:00:25.112414Z  INFO listening address=127.0.0.1:46083\n";
+    assert_eq!(
+        listening_address(text),
+        Some("127.0.0.1:46083".parse().unwrap())
+    );
+    let coloured = "\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m listening \
+                    \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m[::1]:8000";
+    assert_eq!(
+        listening_address(coloured),
+        Some("[::1]:8000".parse().unwrap())
+    );
+    let json =
+        r#"{"timestamp":"x","level":"INFO","message":"listening","address":"127.0.0.1:41655"}"#;
+    assert_eq!(
+        listening_address(json),
+        Some("127.0.0.1:41655".parse().unwrap())
+    );
+    let other = "INFO starting; waiting for the backend upstream=127.0.0.1:9\n";
+    assert_eq!(listening_address(other), None);
 }

@@ -2,19 +2,19 @@
 
 mod support;
 
-use std::process::Command;
+use support::*;
 
+/// Runs lameduck expecting it to exit by itself. Should it accept a value it must refuse and
+/// start, the env keeps it on 127.0.0.1 and a port of its own, and `run_to_exit` stops it.
 fn lameduck(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run lameduck");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut envs = vec![
+        ("LAMEDUCK_BIND", "127.0.0.1"),
+        ("LAMEDUCK_PORT", "0"),
+        ("LAMEDUCK_UPSTREAM", "http://127.0.0.1:9"),
+    ];
+    envs.extend_from_slice(env);
+    let out = run_to_exit(args, &envs, None);
+    (out.code, out.stdout, out.stderr)
 }
 
 #[test]
@@ -69,31 +69,19 @@ fn help_and_version_exit_0() {
     ] {
         assert!(stdout.contains(option), "--help does not mention {option}");
     }
-    assert_eq!(lameduck(&["--version"], &[]).0, 0);
+    let (code, stdout, _) = lameduck(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
 }
 
 #[tokio::test]
 async fn a_flag_wins_over_its_env_var() {
-    let ld = support::Builder::with_backend()
+    let ld = Builder::with_backend()
         .env("LAMEDUCK_READY_PATH", "/from-env")
         .args(&["--ready-path", "/from-flag"])
-        .spawn();
-    let start = std::time::Instant::now();
-    loop {
-        if let Ok(reply) = support::get(ld.port, "/from-flag").await {
-            if reply.status == 200 {
-                break;
-            }
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "{}",
-            ld.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        support::get(ld.port, "/from-env").await.unwrap().body,
-        "not found"
-    );
+        .spawn()
+        .await;
+    ld.wait_ready_at("/from-flag").await;
+    // The env var's path is not lameduck's: it reaches the backend, which does not know it.
+    assert_eq!(get(ld.port, "/from-env").await.unwrap().body, "not found");
 }

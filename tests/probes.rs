@@ -10,8 +10,10 @@ use support::*;
 #[tokio::test]
 async fn requests_wait_while_the_backend_starts() {
     let ld = Builder::with_backend()
-        .env("BACKEND_DELAY_MS", "1500")
-        .spawn();
+        // Long enough that the requests below reach lameduck before the backend is up.
+        .env("BACKEND_DELAY_MS", "3000")
+        .spawn()
+        .await;
     // /ready says starting while the backend has not bound its port.
     let reply = first_reply(ld.port, "/ready").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -22,12 +24,23 @@ async fn requests_wait_while_the_backend_starts() {
         StatusCode::OK
     );
 
-    // An early request is held until the backend is up, then answered.
-    let reply = get(ld.port, "/hello").await.unwrap();
+    // An early request is held (active, while lameduck still says starting) until the backend
+    // is up, then answered. Forwarded early, it would have failed with a 502.
+    let early = tokio::spawn(get(ld.port, "/hello"));
+    wait_active(ld.port, 1).await;
+    let (status, body) = ready_json(ld.port).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("starting")),
+        "the backend came up before the request could be seen held: {body}"
+    );
+    let reply = early.await.unwrap().unwrap();
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (StatusCode::OK, "hello")
     );
+    // The request counts as active until its response has ended, a moment after the client has it.
+    wait_active(ld.port, 0).await;
     let reply = get(ld.port, "/ready").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
@@ -38,7 +51,7 @@ async fn requests_wait_while_the_backend_starts() {
 
 #[tokio::test]
 async fn probes_answer_get_and_head_without_caching() {
-    let ld = Builder::with_backend().spawn();
+    let ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     for path in ["/ready", "/health"] {
         let reply = get(ld.port, path).await.unwrap();
@@ -66,7 +79,8 @@ async fn probe_paths_are_configurable_and_the_defaults_then_reach_the_backend() 
     let ld = Builder::with_backend()
         .args(&["--ready-path", "/_ld/ready"])
         .env("LAMEDUCK_HEALTH_PATH", "/_ld/health")
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready_at("/_ld/ready").await;
     assert_eq!(
         get(ld.port, "/_ld/health").await.unwrap().status,

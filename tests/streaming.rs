@@ -53,7 +53,7 @@ fn grpc_messages(mut data: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn http2_clients_reach_an_http1_backend_and_get_goaway_on_drain() {
-    let mut ld = Builder::with_backend().spawn();
+    let mut ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     let (mut h2, conn) = h2_connect(ld.port).await;
     let resp = h2.send_request(h2_get("/headers")).await.unwrap();
@@ -66,7 +66,7 @@ async fn http2_clients_reach_an_http1_backend_and_get_goaway_on_drain() {
 
     ld.signal(Signal::SIGTERM);
     // The idle HTTP/2 connection is closed (GOAWAY) instead of being left to a reset.
-    tokio::time::timeout(Duration::from_secs(5), conn)
+    tokio::time::timeout(PATIENCE, conn)
         .await
         .expect("the h2 connection was not closed")
         .unwrap();
@@ -77,7 +77,8 @@ async fn http2_clients_reach_an_http1_backend_and_get_goaway_on_drain() {
 async fn grpc_streams_and_trailers_pass_through_an_h2c_backend() {
     let ld = Builder::with_backend()
         .args(&["--upstream-protocol", "http2"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let (mut h2, _conn) = h2_connect(ld.port).await;
     let resp = h2
@@ -110,7 +111,8 @@ async fn grpc_streams_and_trailers_pass_through_an_h2c_backend() {
 async fn websockets_are_echoed_and_stay_open_through_the_drain() {
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "30s"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", ld.port))
         .await
@@ -118,14 +120,17 @@ async fn websockets_are_echoed_and_stay_open_through_the_drain() {
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
 
+    wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    ld.wait_draining().await;
     // Draining, the WebSocket is in flight: it still works, and lameduck waits for it.
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
+    assert_eq!(ready_json(ld.port).await.1["active_requests"], 1);
+    assert!(ld.running());
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     ld.expect_exit(0).await;
@@ -133,14 +138,15 @@ async fn websockets_are_echoed_and_stay_open_through_the_drain() {
 
 #[tokio::test]
 async fn at_the_deadline_every_kind_of_request_ends_the_way_its_client_understands() {
-    let dir = temp_dir("deadline");
+    let dir = TempDir::new("deadline");
     let ws_log = dir.join("ws.log");
     // Budget: 4s - 1s (child stop) - 1s (margin) = 2s of drain.
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "4s", "--child-stop-timeout", "1s"])
         .args(&["--upstream-protocol", "http2"])
         .env("BACKEND_WS_LOG", ws_log.to_str().unwrap())
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let port = ld.port;
 
@@ -165,7 +171,8 @@ async fn at_the_deadline_every_kind_of_request_ends_the_way_its_client_understan
         .await
         .unwrap();
     let grpc = tokio::spawn(read_all(grpc.into_body()));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // 2 event streams, 2 waiting requests, 2 WebSockets and the gRPC call.
+    wait_active(port, 7).await;
 
     ld.signal(Signal::SIGTERM);
     let signalled = Instant::now();
@@ -195,7 +202,7 @@ async fn at_the_deadline_every_kind_of_request_ends_the_way_its_client_understan
         assert!(reply.header("retry-after").is_some());
     }
     for mut ws in sockets {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        let message = tokio::time::timeout(PATIENCE, ws.next())
             .await
             .expect("no close frame")
             .unwrap()
@@ -216,7 +223,7 @@ async fn at_the_deadline_every_kind_of_request_ends_the_way_its_client_understan
         took < Duration::from_secs(4),
         "outlived the grace period: {took:?}"
     );
-    let backend_saw = std::fs::read_to_string(&ws_log).unwrap_or_default();
+    let backend_saw = std::fs::read_to_string(&ws_log).expect("the backend logged no close");
     assert_eq!(
         backend_saw.lines().filter(|l| *l == "1001").count(),
         2,
@@ -237,10 +244,11 @@ async fn with_the_shutdown_event_off_event_streams_just_end() {
     let mut ld = Builder::with_backend()
         .args(&["--grace-period", "3s", "--child-stop-timeout", "1s"])
         .args(&["--sse-shutdown-event", "off"])
-        .spawn();
+        .spawn()
+        .await;
     ld.wait_ready().await;
     let stream = tokio::spawn(get(ld.port, "/sse?n=1000&ms=100"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_active(ld.port, 1).await;
     ld.signal(Signal::SIGTERM);
     let reply = stream.await.unwrap().expect("the stream must end cleanly");
     assert!(

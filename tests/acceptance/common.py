@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -41,25 +42,89 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- ports
+#
+# lameduck itself always gets `--port 0` where the port is not what a check is about, and the
+# harness reads the port it bound from its `listening` log line (wait_listening): no race.
+# A port that must be known before a process starts (a backend that lameduck spawns and names in
+# PORT, HAProxy's frontend, a replica restarted on the same port, a port a config file sets)
+# comes from fixed_port(): outside the kernel's ephemeral range, which the kernel never hands out
+# for port 0 or outgoing connections, so nothing else grabs it between the pick and the bind.
 
-_used_ports: set[int] = set()
+
+def _reserved_range() -> tuple[int, int]:
+    """(first, count): the larger gap below or above the ephemeral range, from 10000 up."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except OSError:
+        low, high = 32768, 60999
+    below = (min(10000, low), low - min(10000, low))
+    above = (high + 1, 65535 - high)
+    return below if below[1] >= above[1] else above
 
 
-def free_port() -> int:
-    """A port below the ephemeral range (so client sockets cannot take it meanwhile) that is
-    free now."""
-    for _ in range(200):
-        port = random.randrange(20000, 30000)
-        if port in _used_ports:
-            continue
+_RANGE = _reserved_range()
+# Start at a pid-dependent point so that two harness runs side by side pick different ports.
+_next_port = [(os.getpid() * 7919) % _RANGE[1]]
+
+
+def fixed_port() -> int:
+    """A port outside the ephemeral range, never handed out twice by this process, that a trial
+    bind finds free now."""
+    first, count = _RANGE
+    for _ in range(count):
+        port = first + _next_port[0] % count
+        _next_port[0] += 1
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((HOST, port))
             except OSError:
                 continue
-        _used_ports.add(port)
         return port
-    raise RuntimeError("no free port found")
+    raise RuntimeError("no free port outside the ephemeral range")
+
+
+def listening_port(text: str) -> int | None:
+    """The port in lameduck's first `listening` log line, text (`INFO listening
+    address=127.0.0.1:41234`) or JSON (`{"message":"listening","address":...}`)."""
+    for line in text.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("message") == "listening":
+                address = obj.get("address") or obj.get("fields", {}).get("address", "")
+                return int(address.rsplit(":", 1)[1])
+            continue
+        m = re.search(r"\blistening\b.*\baddress=\S*:(\d+)\b", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def wait_listening(log_path: str, proc: subprocess.Popen, timeout: float = 30.0,
+                   offset: int = 0) -> int:
+    """Waits for lameduck (proc) to log where it listens in log_path (read from byte `offset`)
+    and returns the port. Raises if it exits first or takes longer than `timeout`."""
+    deadline = now() + timeout
+    while True:
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        port = listening_port(text)
+        if port is not None:
+            return port
+        if proc.poll() is not None:
+            raise RuntimeError(f"lameduck exited ({proc.returncode}) before listening:\n{text[-2000:]}")
+        if now() > deadline:
+            raise RuntimeError(f"lameduck did not log `listening` within {timeout} s:\n{text[-2000:]}")
+        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- processes
@@ -236,7 +301,7 @@ def sse_body(n: int, ident: str) -> bytes:
 # --------------------------------------------------------------------------- backends
 
 def backend_argv(kind: str) -> list[str]:
-    """The COMMAND that binds 127.0.0.1:$PORT."""
+    """The COMMAND that binds 127.0.0.1:$PORT (a fixed_port())."""
     if kind == "node":
         return [NODE, os.path.join(HERE, "node_backend.js")]
     if kind == "uvicorn":
@@ -260,6 +325,7 @@ def backend_pattern(kind: str, port: int) -> str:
 
 def lameduck_argv(port: int, upstream_port: int, backend: str, grace: str = "30s",
                   drain_delay: str | None = None) -> list[str]:
+    """port 0: lameduck picks one; read it with wait_listening."""
     argv = [LAMEDUCK, "--port", str(port), "--bind", HOST,
             "--upstream", f"http://{HOST}:{upstream_port}", "--grace-period", grace]
     if drain_delay:

@@ -5,7 +5,9 @@
 //! spawn grandchildren and crash on demand.
 //!
 //! Environment:
-//! - `PORT`: the port to bind (set by lameduck).
+//! - `PORT`: the port to bind (set by lameduck). `0`: any free port. Once bound, the backend
+//!   prints `listening 127.0.0.1:PORT` on stdout, which is how a test running it on its own
+//!   learns the port.
 //! - `BACKEND_DELAY_MS`: wait this long before binding.
 //! - `BACKEND_ON_TERM=ignore`: ignore SIGTERM (only SIGKILL stops it).
 //! - `BACKEND_SIGNAL_LOG=FILE`: append the name of every SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH received.
@@ -38,6 +40,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use signal_hook::consts::{SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
@@ -62,7 +65,11 @@ async fn main() {
         .expect("register SIGTERM");
     }
     if let Ok(path) = std::env::var("BACKEND_SIGNAL_LOG") {
-        tokio::spawn(log_signals(path));
+        // Registered before the port is bound: once lameduck sees the backend up, a forwarded
+        // SIGHUP must be logged, not take its default action (death).
+        let signals =
+            signal_hook_tokio::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH]).expect("signals");
+        tokio::spawn(log_signals(signals, path));
     }
     if let Some(ms) = std::env::var("BACKEND_DELAY_MS")
         .ok()
@@ -73,6 +80,8 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
+    let address = listener.local_addr().expect("local address");
+    println!("listening {address}");
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
@@ -86,10 +95,7 @@ async fn main() {
     }
 }
 
-async fn log_signals(path: String) {
-    use signal_hook::consts::{SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH]).expect("signals");
+async fn log_signals(mut signals: signal_hook_tokio::Signals, path: String) {
     while let Some(sig) = signals.next().await {
         let name = signal_hook::low_level::signal_name(sig).unwrap_or("?");
         let mut file = std::fs::OpenOptions::new()

@@ -1,11 +1,23 @@
 //! Helpers that run the real lameduck binary against real backends, and a small HTTP client.
+//!
+//! Ports: lameduck always binds `--port 0` (or `port = 0` in a config file) and the helpers read
+//! the address it bound from its `listening` log line, so two tests can never be handed the same
+//! port. Only the port of a backend that lameduck spawns must be known before it starts (lameduck
+//! passes it to the child as `PORT`); those come from [`backend_port`], which hands out ports
+//! outside the kernel's ephemeral range (see there why that cannot race).
+//!
+//! Clean-up: every process and file a test creates is owned by a guard ([`Lameduck`],
+//! [`Backend`], [`TempDir`]) whose `Drop` stops or removes it, so a failing test leaves nothing
+//! behind either.
 #![allow(dead_code)]
 
-use std::io::Read as _;
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -14,24 +26,119 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-/// A fresh, empty directory for one test's files.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lameduck-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temp dir");
-    dir
+/// How long any wait for a condition may take before the test fails. Generous: the suite runs on
+/// small, shared machines, and a bound only decides how long a broken build takes to fail.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` every 20 ms until it holds; fails the test, saying `what` did not happen,
+/// after [`PATIENCE`].
+pub async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < PATIENCE, "waited {PATIENCE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+// ---------------------------------------------------------------------------------------------
+// Temporary files
+
+/// A fresh, empty directory for one test's files, removed (with its contents) when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
 }
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("lameduck-test-{}-{n}-{name}", std::process::id()));
+            // `create_dir` (not `create_dir_all`) fails if the directory exists: a leftover of
+            // an earlier process with the same pid is never reused.
+            match std::fs::create_dir(&path) {
+                Ok(()) => return TempDir { path },
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(err) => panic!("create {}: {err}", path.display()),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports
+
+/// A port for a backend that lameduck spawns, which must bind the port lameduck names in `PORT`
+/// and so cannot use port 0.
+///
+/// "Bind port 0, note the port, release it, let the backend bind it later" races: between the
+/// release and the backend's bind any other test's port-0 bind (lameduck's `--port 0`, a client
+/// connection's local port) may be handed the same port, and a test then talks to another test's
+/// server. So these ports come from outside the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), which the kernel never hands out for port 0 or for
+/// outgoing connections. Within this process an atomic counter never hands out a port twice;
+/// the starting point is offset by the pid so that test binaries running side by side (nextest,
+/// another worktree) start far apart; and a trial bind skips ports some other program holds.
+pub fn backend_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (start, len) = *reserved_range();
+    let offset = std::process::id().wrapping_mul(7919) % len;
+    for _ in 0..len {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (start + (offset + n) % len) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {start}..{}", start + len);
+}
+
+/// The block of ports [`backend_port`] hands out from: the larger of the gaps below and above the
+/// ephemeral range, leaving out the ports below 10000 where developers' own servers tend to run.
+fn reserved_range() -> &'static (u32, u32) {
+    static RANGE: OnceLock<(u32, u32)> = OnceLock::new();
+    RANGE.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap_or_else(|_| "32768 60999".into());
+        let mut bounds = text.split_whitespace().map(|n| n.parse::<u32>().unwrap());
+        let (low, high) = (bounds.next().unwrap(), bounds.next().unwrap());
+        let below = (10000.min(low), low.saturating_sub(10000.min(low)));
+        let above = (high + 1, 65535 - high);
+        let best = if below.1 >= above.1 { below } else { above };
+        assert!(
+            best.1 >= 1000,
+            "the ephemeral range {low}-{high} leaves too few other ports for the tests"
+        );
+        best
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test backend
 
 /// The in-suite test backend (tests/support/backend.rs), built by cargo as an example.
 pub fn backend_path() -> PathBuf {
@@ -45,12 +152,136 @@ pub fn backend_path() -> PathBuf {
     path
 }
 
-/// A running lameduck.
-pub struct Lameduck {
-    pub child: Option<Child>,
+/// The test backend running on its own (not as lameduck's child), on a port it picked itself.
+/// Killed when dropped.
+pub struct Backend {
+    child: Child,
     pub port: u16,
-    pub upstream_port: u16,
-    log: PathBuf,
+}
+
+impl Backend {
+    /// Starts the backend with `PORT=0` and reads the port it bound from its `listening` line.
+    pub fn spawn(envs: &[(&str, &str)]) -> Backend {
+        let mut child = Command::new(backend_path())
+            .env("PORT", "0")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the test backend");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut byte = [0u8];
+            while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+            // Keep reading so that the backend never blocks on a full pipe.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        let mut backend = Backend { child, port: 0 };
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("the test backend never said where it listens");
+        backend.port = line
+            .strip_prefix("listening ")
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+            .port();
+        backend
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// lameduck
+
+/// The environment lameduck gets from the test, never from whoever runs `cargo test`.
+fn isolate(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("LAMEDUCK_") || key == "PORT" || key == "RUST_LOG" {
+            cmd.env_remove(&*key);
+        }
+    }
+}
+
+/// What a lameduck run without a backend printed, and how it exited.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs lameduck with `args` in `dir`, expecting it to exit by itself (bad options,
+/// `--print-config`, `--help`): it is killed, and the test fails, if it is still running after
+/// [`PATIENCE`] (for instance because it accepted a value it should have refused and started).
+pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)], dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lameduck"));
+    isolate(&mut cmd);
+    cmd.args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().expect("run lameduck");
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().unwrap()));
+    let stderr = reader(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "lameduck {args:?} {envs:?} did not exit; stderr: {}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        code: code(status),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// How lameduck learns its public port.
+enum PortChoice {
+    /// `--port 0`; the port is read from the `listening` log line.
+    Zero,
+    /// The configuration (a file, cerebrium.toml) sets `port = 0`; read the same way.
+    FromConfig,
+    /// `--port N` with a port from [`backend_port`], for runs whose log level hides the
+    /// `listening` line.
+    Fixed(u16),
 }
 
 pub struct Builder {
@@ -58,8 +289,7 @@ pub struct Builder {
     envs: Vec<(String, String)>,
     backend: Option<Vec<String>>,
     upstream_port: u16,
-    /// `None`: pass `--port` with a free port. `Some(port)`: the configuration sets this port.
-    configured_port: Option<u16>,
+    port: PortChoice,
     dir: Option<PathBuf>,
 }
 
@@ -70,8 +300,8 @@ impl Builder {
             args: Vec::new(),
             envs: Vec::new(),
             backend: Some(vec![backend_path().to_string_lossy().into_owned()]),
-            upstream_port: free_port(),
-            configured_port: None,
+            upstream_port: backend_port(),
+            port: PortChoice::Zero,
             dir: None,
         }
     }
@@ -83,7 +313,7 @@ impl Builder {
             envs: Vec::new(),
             backend: None,
             upstream_port,
-            configured_port: None,
+            port: PortChoice::Zero,
             dir: None,
         }
     }
@@ -106,25 +336,41 @@ impl Builder {
         self
     }
 
-    /// The configuration (a file, cerebrium.toml) sets the public port: do not pass `--port`.
-    pub fn port_from_config(mut self, port: u16) -> Builder {
-        self.configured_port = Some(port);
+    /// The configuration (a file, cerebrium.toml) sets `port = 0`: do not pass `--port`.
+    pub fn port_from_config(mut self) -> Builder {
+        self.port = PortChoice::FromConfig;
+        self
+    }
+
+    /// Pass a fixed `--port` instead of 0: for runs that do not log the `listening` line (a log
+    /// level above info).
+    pub fn fixed_port(mut self) -> Builder {
+        self.port = PortChoice::Fixed(backend_port());
         self
     }
 
     /// Run lameduck in this working directory.
-    pub fn current_dir(mut self, dir: &std::path::Path) -> Builder {
+    pub fn current_dir(mut self, dir: &Path) -> Builder {
         self.dir = Some(dir.to_path_buf());
         self
     }
 
-    pub fn spawn(self) -> Lameduck {
-        let port = self.configured_port.unwrap_or_else(free_port);
-        let log =
-            std::env::temp_dir().join(format!("lameduck-test-{}-{port}.log", std::process::id()));
+    /// Starts lameduck and, unless its port is fixed, waits until it logs where it listens. If
+    /// lameduck exits first (as it should for a bad command), the port is 0 and the exit status
+    /// is kept for [`Lameduck::wait_exit`].
+    pub async fn spawn(self) -> Lameduck {
+        let dir = TempDir::new("lameduck");
+        let log = dir.join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lameduck"));
-        if self.configured_port.is_none() {
-            cmd.args(["--port", &port.to_string()]);
+        isolate(&mut cmd);
+        match self.port {
+            PortChoice::Zero => {
+                cmd.args(["--port", "0"]);
+            }
+            PortChoice::Fixed(port) => {
+                cmd.args(["--port", &port.to_string()]);
+            }
+            PortChoice::FromConfig => {}
         }
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
@@ -135,6 +381,8 @@ impl Builder {
                 &format!("http://127.0.0.1:{}", self.upstream_port),
             ])
             .args(&self.args)
+            // The `listening` line is logged at info: a level that hides it must come with
+            // `fixed_port`.
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LAMEDUCK_LOG").unwrap_or_else(|_| "info".into()),
@@ -147,18 +395,111 @@ impl Builder {
             cmd.arg("--").args(backend);
         }
         let child = cmd.spawn().expect("spawn lameduck");
-        Lameduck {
+        let mut ld = Lameduck {
             child: Some(child),
-            port,
+            exited: None,
+            port: 0,
             upstream_port: self.upstream_port,
             log,
+            _dir: dir,
+        };
+        match self.port {
+            PortChoice::Fixed(port) => ld.port = port,
+            PortChoice::Zero | PortChoice::FromConfig => ld.port = ld.wait_listening().await,
         }
+        ld
     }
 }
 
+/// The address in lameduck's `listening` log line, text (`INFO listening address=127.0.0.1:41234`)
+/// or JSON (`{"message":"listening","address":"127.0.0.1:41234",...}`).
+pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        if let Ok(serde_json::Value::Object(object)) = serde_json::from_str(line) {
+            if object.get("message")?.as_str()? != "listening" {
+                return None;
+            }
+            let address = object
+                .get("address")
+                .or_else(|| object.get("fields")?.get("address"))?;
+            return address.as_str()?.parse().ok();
+        }
+        let line = strip_ansi(line);
+        let mut words = line.split_whitespace();
+        words.find(|word| *word == "listening")?;
+        words.find_map(|word| word.strip_prefix("address=")?.parse().ok())
+    })
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A running lameduck: stopped (SIGQUIT, then SIGKILL with its child's process group) and its
+/// log removed when dropped, whether the test passed or not.
+pub struct Lameduck {
+    child: Option<Child>,
+    /// The exit status, once reaped.
+    exited: Option<i32>,
+    pub port: u16,
+    pub upstream_port: u16,
+    log: PathBuf,
+    /// Holds the log; declared last so that it is removed after the process is stopped.
+    _dir: TempDir,
+}
+
 impl Lameduck {
+    async fn wait_listening(&mut self) -> u16 {
+        let start = Instant::now();
+        loop {
+            if let Some(address) = listening_address(&self.log()) {
+                return address.port();
+            }
+            if self.try_exit().is_some() {
+                // It may have logged the line just before exiting.
+                return listening_address(&self.log()).map_or(0, |a| a.port());
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "lameduck never logged `listening`; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The exit status if lameduck has exited (reaping it).
+    fn try_exit(&mut self) -> Option<i32> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.exited = Some(code(status));
+                self.child = None;
+            }
+        }
+        self.exited
+    }
+
+    /// Whether lameduck is still running.
+    pub fn running(&mut self) -> bool {
+        self.try_exit().is_none()
+    }
+
     pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+        Pid::from_raw(self.child.as_ref().expect("lameduck has exited").id() as i32)
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -189,22 +530,26 @@ impl Lameduck {
                 }
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "lameduck never became ready; log:\n{}",
+                self.exited.is_none() && start.elapsed() < PATIENCE,
+                "lameduck never became ready (exit status {:?}); log:\n{}",
+                self.exited,
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
+    /// Waits until `/ready` answers 503 `draining`: lameduck has seen the SIGTERM.
+    pub async fn wait_draining(&self) {
+        wait_draining(self.port).await
+    }
+
     /// Waits for lameduck to exit (at most `limit`) and returns its exit code.
     pub async fn wait_exit(&mut self, limit: Duration) -> i32 {
         let start = Instant::now();
         loop {
-            let child = self.child.as_mut().unwrap();
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return code(status);
+            if let Some(code) = self.try_exit() {
+                return code;
             }
             assert!(
                 start.elapsed() < limit,
@@ -214,27 +559,58 @@ impl Lameduck {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    /// Asserts that lameduck exits, within 10 s, with `code`.
+    pub async fn expect_exit(&mut self, code: i32) {
+        let status = self.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status, code, "unexpected exit status; log:\n{}", self.log());
+    }
 }
 
 impl Drop for Lameduck {
-    /// A failed test must not leave processes behind: SIGQUIT (lameduck stops its child), then
-    /// SIGKILL if it lingers.
+    /// A failed test must not leave processes behind: SIGQUIT (lameduck stops its child), then,
+    /// if lameduck lingers, SIGKILL for it and for its children's process groups.
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGQUIT);
+        let pid = child.id();
+        let mut children: std::collections::BTreeSet<u32> = children_of(pid).into_iter().collect();
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGQUIT);
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
+        while start.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(_)) = child.try_wait() {
-                let _ = std::fs::remove_file(&self.log);
-                return;
+                break;
             }
+            children.extend(children_of(pid));
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
         let _ = child.wait();
+        for child in children {
+            // lameduck starts its child in a process group of its own, led by the child. It has
+            // normally stopped it by now; this is for a lameduck that died or hung.
+            if alive(child) {
+                let _ = killpg(Pid::from_raw(child as i32), Signal::SIGKILL);
+            }
+        }
     }
+}
+
+/// The pids of a process's children.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn code(status: ExitStatus) -> i32 {
@@ -244,30 +620,50 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-impl Lameduck {
-    /// Asserts that lameduck exits, within 10 s, with `code`.
-    pub async fn expect_exit(&mut self, code: i32) {
-        let status = self.wait_exit(Duration::from_secs(10)).await;
-        assert_eq!(status, code, "unexpected exit status; log:\n{}", self.log());
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Probes
 
 /// `/ready`'s status and JSON body.
 pub async fn ready_json(port: u16) -> (StatusCode, serde_json::Value) {
-    let reply = get(port, "/ready").await.unwrap();
-    (reply.status, serde_json::from_str(&reply.body).unwrap())
+    let reply = get(port, "/ready").await.expect("GET /ready");
+    let body = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| panic!("/ready answered {:?}: {e}", reply.body));
+    (reply.status, body)
 }
 
 /// Waits until `/ready` reports `n` active requests.
 pub async fn wait_active(port: u16, n: u64) {
-    let start = Instant::now();
-    while ready_json(port).await.1["active_requests"] != n {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never saw {n} active"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(&format!("/ready to report {n} active requests"), || async {
+        ready_json(port).await.1["active_requests"] == n
+    })
+    .await
+}
+
+/// A sample's value in lameduck's metrics (served at `/metrics`, which the test must configure).
+pub async fn metric(port: u16, sample: &str) -> Option<f64> {
+    let reply = get(port, "/metrics").await.expect("GET /metrics");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok())?
+    })
+}
+
+/// Waits until lameduck's metrics report `n` requests waiting for a concurrency slot.
+pub async fn wait_queued(port: u16, n: u64) {
+    wait_for(&format!("{n} requests queued"), || async {
+        metric(port, "lameduck_requests_queued").await == Some(n as f64)
+    })
+    .await
+}
+
+/// Waits until `/ready` answers 503 `draining`.
+pub async fn wait_draining(port: u16) {
+    wait_for("/ready to answer 503 draining", || async {
+        let (status, body) = ready_json(port).await;
+        status == StatusCode::SERVICE_UNAVAILABLE && body["status"] == "draining"
+    })
+    .await
 }
 
 /// The first answer to GET `path` once lameduck accepts connections.
@@ -277,13 +673,13 @@ pub async fn first_reply(port: u16, path: &str) -> Reply {
         if let Ok(reply) = get(port, path).await {
             return reply;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "lameduck never answered"
-        );
+        assert!(start.elapsed() < PATIENCE, "lameduck never answered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client
 
 /// A response read whole.
 #[derive(Debug)]
@@ -381,12 +777,13 @@ impl Body for Generated {
 
 /// The peak resident memory of a process, in KiB (VmHWM).
 pub fn peak_rss_kib(pid: Pid) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
 }
 
 /// Whether a process exists (and is not a zombie).
