@@ -15,7 +15,7 @@ checks:
      grace period, the concurrency and the ready/health paths
   C5 --config FILE works; flag > env var > config file
   C6 --drain-delay 2s: new requests are proxied (200) while /ready is 503, then refused
-  C7 --metrics-path: parses with prometheus_client (classic and OpenMetrics parsers); in-flight and
+  C7 --metrics-path: parses with prometheus_client (scraped plainly and as Prometheus does); in-flight and
      request counts match the traffic sent; C7b Accept: text/plain;version=0.0.4 gets that format
   C8 --log-format json: every stderr line is JSON; --access-log: one line per request with method,
      path, status, bytes, duration
@@ -230,19 +230,23 @@ def stderr_excerpt(ld: Lameduck, pattern: str | None = None, n: int = 12) -> str
 # --------------------------------------------------------------------------- metrics
 
 def parse_metrics(port: int):
-    """Scrapes twice, as a classic scraper (no Accept) and as Prometheus (Accept: OpenMetrics),
-    and parses each answer with the matching prometheus_client parser:
+    """Scrapes twice, as a classic scraper (no Accept) and as Prometheus does (OpenMetrics
+    preferred, the classic text format accepted), and parses each answer with the
+    prometheus_client parser for the Content-Type it came with:
     {kind: {samples: {sample name: [(labels, value)]}, families, error, content_type, text}}."""
     from prometheus_client.parser import text_string_to_metric_families as classic
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+    prometheus_accept = ("application/openmetrics-text;version=1.0.0;q=0.75,"
+                         "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
     out = {}
-    for kind, parser, accept in (("classic", classic, None),
-                                 ("openmetrics", om, "application/openmetrics-text;version=1.0.0")):
+    for kind, accept in (("classic", None), ("prometheus", prometheus_accept)):
         conn = http.client.HTTPConnection(c.HOST, port, timeout=5)
         conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
         r = conn.getresponse()
         text = r.read().decode(errors="replace")
         conn.close()
+        ctype = r.getheader("content-type") or ""
+        parser = om if ctype.startswith("application/openmetrics-text") else classic
         samples: dict = {}
         fams = []
         try:
@@ -253,7 +257,7 @@ def parse_metrics(port: int):
             out[kind] = dict(samples=samples, families=fams, error=None)
         except Exception as e:  # noqa: BLE001
             out[kind] = dict(samples=samples, families=fams, error=repr(e))
-        out[kind].update(content_type=r.getheader("content-type"), text=text)
+        out[kind].update(content_type=ctype, text=text)
     return out
 
 
@@ -286,7 +290,7 @@ def check_1(cwd):
         metrics = {}
 
         def queued_one():
-            metrics.update(parse_metrics(ld.port)["openmetrics"])
+            metrics.update(parse_metrics(ld.port)["prometheus"])
             return sample(metrics, "lameduck_requests_queued") == 1
         c.wait_until(queued_one, 10)
         c_waiting = creq.t_end is None
@@ -631,13 +635,14 @@ def check_7(cwd):
         wait_active(ld.port, 0)
         p2 = parse_metrics(ld.port)
         for moment, parsed in (("during", p1), ("after", p2)):
-            for kind in ("classic", "openmetrics"):
+            for kind in ("classic", "prometheus"):
                 with open(os.path.join(OUT, f"c7-metrics-{moment}-{kind}.txt"), "w") as f:
                     f.write(parsed[kind]["text"])
         rows = []
-        all_ok = (p2["classic"]["content_type"].startswith("text/plain")
-                  and p2["openmetrics"]["content_type"].startswith("application/openmetrics-text"))
-        for kind in ("classic", "openmetrics"):
+        # One format for every scraper: the classic text format, which Prometheus accepts too.
+        all_ok = all(p2[kind]["content_type"].startswith("text/plain; version=0.0.4")
+                     for kind in ("classic", "prometheus"))
+        for kind in ("classic", "prometheus"):
             a, b, z = p1[kind], p2[kind], p0[kind]
             vals = dict(
                 inflight_during=sample(a, "lameduck_requests_in_flight"),
@@ -663,7 +668,7 @@ def check_7(cwd):
             rows.append(f"{kind}: parse errors {a['error'] or b['error'] or z['error']}; {vals}; "
                         f"families {types}")
         record("C7", "metrics parse and match the traffic", all_ok,
-               f"Content-Types {p1['classic']['content_type']!r} / {p1['openmetrics']['content_type']!r}; "
+               f"Content-Types {p1['classic']['content_type']!r} / {p1['prometheus']['content_type']!r}; "
                f"sent 5x200 + 2x404 + 1x500 + 3 slow "
                f"(+ 9 probe/metrics hits, not to be counted); " + " | ".join(rows))
         # what a classic (0.0.4) scraper gets when it asks for text/plain
