@@ -14,6 +14,10 @@
 //!
 //! Probes ([`Backend::is_up`], [`Backend::check`]) use a fresh connection each, so a probe never
 //! holds a connection a request could use.
+//!
+//! A request's body streams from the client as the backend reads it ([`RequestBody`]); when the
+//! client's body is malformed or cut short, the error says so ([`BackendError::ClientBody`]): the
+//! client's fault, not the backend's.
 
 use std::future::Future;
 use std::io;
@@ -25,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -59,6 +63,10 @@ pub enum BackendError {
     Closed(#[source] hyper::Error),
     #[error("the backend's response is not valid HTTP")]
     BadResponse(#[source] hyper::Error),
+    #[error("the backend's response head did not come within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("the client's request body is malformed or incomplete")]
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the backend request failed")]
     Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -72,12 +80,23 @@ impl BackendError {
             BackendError::Connect(_) => "backend_unreachable",
             BackendError::Closed(_) => "backend_closed",
             BackendError::BadResponse(_) => "backend_bad_response",
+            BackendError::ResponseTimeout(_) => "backend_timeout",
+            BackendError::ClientBody(_) => "client_body",
             BackendError::Failed(_) => "backend_failed",
         }
     }
 
+    /// The backend was too slow: 504 rather than 502.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, BackendError::ConnectTimeout(_))
+        matches!(
+            self,
+            BackendError::ConnectTimeout(_) | BackendError::ResponseTimeout(_)
+        )
+    }
+
+    /// The client's fault (its request body), not the backend's: a 4xx.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, BackendError::ClientBody(_))
     }
 
     fn from_connect(err: io::Error) -> BackendError {
@@ -89,7 +108,9 @@ impl BackendError {
     }
 
     fn from_hyper(err: hyper::Error) -> BackendError {
-        if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+        if caused_by_client_body(&err) {
+            BackendError::ClientBody(err.into())
+        } else if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
             BackendError::BadResponse(err)
         } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
             BackendError::Closed(err)
@@ -101,6 +122,9 @@ impl BackendError {
     /// The pooled client wraps connect errors: classify by the IO error underneath, keeping the
     /// whole chain for the log.
     fn from_pool(err: hyper_util::client::legacy::Error) -> BackendError {
+        if caused_by_client_body(&err) {
+            return BackendError::ClientBody(err.into());
+        }
         if !err.is_connect() {
             return BackendError::Failed(err.into());
         }
@@ -122,12 +146,18 @@ impl BackendError {
 pub struct Backend {
     upstream: Upstream,
     /// For HTTP/2 clients, and every non-upgrade request with `--upstream-protocol http2`.
-    pool: Client<HttpConnector, Incoming>,
+    pool: Client<HttpConnector, RequestBody>,
     pool_version: Version,
+    /// `--backend-timeout`: how long a request may wait for its response head.
+    response_timeout: Option<Duration>,
 }
 
 impl Backend {
-    pub fn new(upstream: Upstream, protocol: Protocol) -> Backend {
+    pub fn new(
+        upstream: Upstream,
+        protocol: Protocol,
+        response_timeout: Option<Duration>,
+    ) -> Backend {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -145,6 +175,7 @@ impl Backend {
             upstream,
             pool: pool.build(connector),
             pool_version,
+            response_timeout,
         }
     }
 
@@ -156,10 +187,26 @@ impl Backend {
     /// Sends `req` (its headers already rewritten for the backend) and returns the response
     /// head, with the kept link its body must go on driving, if it went over one. `affinity` is
     /// the backend connection kept by the client connection the request came on; `upgrade`
-    /// says the request asks for one.
+    /// says the request asks for one. With `--backend-timeout`, a response head that takes
+    /// longer is an error.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
+        affinity: &Arc<Affinity>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
+        let req = req.map(RequestBody);
+        match self.response_timeout {
+            None => self.route(req, affinity, upgrade).await,
+            Some(limit) => tokio::time::timeout(limit, self.route(req, affinity, upgrade))
+                .await
+                .map_err(|_| BackendError::ResponseTimeout(limit))?,
+        }
+    }
+
+    async fn route(
+        &self,
+        mut req: Request<RequestBody>,
         affinity: &Arc<Affinity>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
@@ -193,8 +240,8 @@ impl Backend {
     async fn send_kept(
         &self,
         affinity: &Affinity,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Box<Link<Incoming>>), BackendError> {
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Box<Link<RequestBody>>), BackendError> {
         let (reused, mut link) = match affinity.take() {
             Some(link) => (true, link),
             None => (false, self.connect().await?),
@@ -217,7 +264,7 @@ impl Backend {
     /// A fresh HTTP/1.1 connection that can become a tunnel once the backend answers 101.
     async fn send_upgrade(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BackendError> {
         let stream = self.connect_tcp().await?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -323,17 +370,17 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
 
 /// The backend connection a client connection keeps between its requests.
 #[derive(Debug, Default)]
-pub struct Affinity(Mutex<Option<Box<Link<Incoming>>>>);
+pub struct Affinity(Mutex<Option<Box<Link<RequestBody>>>>);
 
 impl Affinity {
     /// Takes the kept link if it can carry a request now.
-    fn take(&self) -> Option<Box<Link<Incoming>>> {
+    fn take(&self) -> Option<Box<Link<RequestBody>>> {
         // Only this client connection's task touches the lock, one request at a time.
         let mut link = self.0.lock().ok()?.take()?;
         (link.last_used.elapsed() < IDLE_TIMEOUT && link.is_ready()).then_some(link)
     }
 
-    fn put(&self, link: Box<Link<Incoming>>) {
+    fn put(&self, link: Box<Link<RequestBody>>) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(link);
         }
@@ -344,7 +391,7 @@ impl Affinity {
 /// client connection once the response is complete.
 #[derive(Debug)]
 pub struct Lease {
-    link: Box<Link<Incoming>>,
+    link: Box<Link<RequestBody>>,
     affinity: Arc<Affinity>,
 }
 
@@ -411,4 +458,48 @@ where
         })
         .await
     }
+}
+
+/// A client's request body on its way to the backend. Its errors are [`ClientBodyError`]s, so
+/// that a request failing because of them is known to be the client's fault.
+#[derive(Debug)]
+pub struct RequestBody(Incoming);
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map_err(ClientBodyError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// The client's request body was malformed (a bad chunk) or ended early.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+/// Whether a [`ClientBodyError`] is among `err`'s causes.
+fn caused_by_client_body(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if cause.is::<ClientBodyError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }

@@ -160,6 +160,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         let backend = Arc::new(Backend::new(
             config.upstream.clone(),
             config.upstream_protocol,
+            config.backend_timeout,
         ));
         let connections = Arc::new(Gauge::default());
         let proxy = Proxy::new(

@@ -96,11 +96,17 @@ impl Phases {
         rx
     }
 
-    /// Waits, at most `limit`, for startup to end; returns whether requests are admitted now.
-    pub async fn wait_started(&self, limit: Duration) -> bool {
+    /// Waits, at most `limit`, for startup to end; returns the phase it ended in, or `None` if
+    /// lameduck is still starting.
+    pub async fn wait_started(&self, limit: Duration) -> Option<Phase> {
         let mut rx = self.0.clone();
         let started = tokio::time::timeout(limit, rx.wait_for(|p| *p != Phase::Starting)).await;
-        matches!(started, Ok(Ok(phase)) if phase.admits())
+        match started {
+            Ok(Ok(phase)) => Some(*phase),
+            // The writer is gone: lameduck is stopping.
+            Ok(Err(_)) => Some(Phase::Stopping),
+            Err(_) => None,
+        }
     }
 }
 
@@ -128,10 +134,11 @@ mod tests {
         });
         tokio::task::yield_now().await;
         writer.set(Phase::Ready);
-        assert!(waiter.await.unwrap());
+        assert_eq!(waiter.await.unwrap(), Some(Phase::Ready));
         writer.set(Phase::Draining);
-        assert!(!phases.wait_started(Duration::from_secs(1)).await);
+        let ended = phases.wait_started(Duration::from_secs(1)).await;
+        assert!(!ended.unwrap().admits());
         let (_writer, phases) = cell();
-        assert!(!phases.wait_started(Duration::from_secs(1)).await);
+        assert_eq!(phases.wait_started(Duration::from_secs(1)).await, None);
     }
 }

@@ -39,13 +39,14 @@ pub struct Proxy {
     health_path: String,
     metrics_path: Option<String>,
     sse_shutdown_event: bool,
-    startup_timeout: Duration,
     queue_timeout: Duration,
 }
 
 /// Why a request gets no answer from the backend.
 #[derive(Debug)]
 enum Failure {
+    /// The backend did not come up within `--queue-timeout` of the request's arrival.
+    Starting,
     /// Shutdown is past the drain delay, or the drain deadline came before the answer did.
     ShuttingDown,
     /// No concurrency slot within `--queue-timeout`.
@@ -74,7 +75,6 @@ impl Proxy {
             health_path: config.health_path.clone(),
             metrics_path: config.metrics_path.clone(),
             sse_shutdown_event: config.sse_shutdown_event,
-            startup_timeout: config.startup_timeout,
             queue_timeout: config.queue_timeout,
         }
     }
@@ -117,7 +117,12 @@ impl Proxy {
         let observation = self.telemetry.observe(req.method(), path);
         let mut resp = match self.admit_and_forward(req, remote, affinity).await {
             Ok(resp) => resp,
-            Err(failure) => failure_response(failure),
+            Err(failure) => {
+                if let Failure::Backend(err) = &failure {
+                    self.telemetry.record_backend_error(err.code());
+                }
+                failure_response(failure)
+            }
         };
         if let Some(mut observation) = observation {
             observation.set_status(resp.status());
@@ -134,11 +139,13 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Failure> {
         let mut in_flight = match self.admission.admit() {
             Admit::Now(in_flight) => in_flight,
+            // Held while the backend starts, but no longer than a client would queue.
             Admit::AfterStartup(in_flight) => {
-                if !self.phase.wait_started(self.startup_timeout).await {
-                    return Err(Failure::ShuttingDown);
+                match self.phase.wait_started(self.queue_timeout).await {
+                    None => return Err(Failure::Starting),
+                    Some(phase) if !phase.admits() => return Err(Failure::ShuttingDown),
+                    Some(_) => in_flight,
                 }
-                in_flight
             }
             Admit::Refused => return Err(Failure::ShuttingDown),
         };
@@ -228,7 +235,17 @@ fn failure_response(failure: Failure) -> Response<ResponseBody> {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             resp
         }
+        Failure::Starting => retry_later(br#"{"error":"starting"}"#),
         Failure::AtCapacity => retry_later(br#"{"error":"at_capacity"}"#),
+        Failure::Backend(err) if err.is_client_fault() => {
+            debug!(error = %chain(&err), "the client's request body is broken");
+            let body = serde_json::json!({"error": "bad_request", "detail": err.code()});
+            let mut resp = json(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()));
+            // What is left of the body cannot be read past: the connection cannot be reused.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
         Failure::Backend(err) => {
             warn!(code = err.code(), error = %chain(&err), "backend request failed");
             let (status, error) = if err.is_timeout() {

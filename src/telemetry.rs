@@ -84,6 +84,13 @@ impl Telemetry {
         }
     }
 
+    /// Counts a request the backend failed, by its error code (`backend_refused`, ...).
+    pub fn record_backend_error(&self, code: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.backend_errors.with_label_values(&[code]).inc();
+        }
+    }
+
     /// The exposition ([`CONTENT_TYPE`]), or `None` when metrics are off.
     pub fn render(&self) -> Option<String> {
         let metrics = self.metrics.as_ref()?;
@@ -148,6 +155,7 @@ struct Metrics {
     status_counters: Box<[OnceLock<IntCounter>]>,
     durations: Histogram,
     cut: IntCounter,
+    backend_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -198,13 +206,22 @@ impl Metrics {
             "Requests still in flight when the drain deadline (or a fast stop) cut them",
         )
         .expect("a valid counter");
-        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "backend_errors_total",
+                "Requests the backend failed (or the client's body broke), by error code",
+            ),
+            &["detail"],
+        )
+        .expect("a valid counter");
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
             Box::new(in_flight),
             Box::new(queued),
             Box::new(by_status.clone()),
             Box::new(durations.clone()),
             Box::new(phases.clone()),
             Box::new(cut.clone()),
+            Box::new(backend_errors.clone()),
         ];
         for collector in collectors {
             registry.register(collector).expect("registered once");
@@ -217,6 +234,7 @@ impl Metrics {
             status_counters: (100..600).map(|_| OnceLock::new()).collect(),
             durations,
             cut,
+            backend_errors,
         }
     }
 

@@ -126,6 +126,11 @@ pub struct Config {
     #[arg(default_value = "10m", value_parser = parse::duration)]
     pub startup_timeout: Duration,
 
+    /// The backend's response head not received by then: 504
+    #[arg(long, env = "LAMEDUCK_BACKEND_TIMEOUT", value_name = "DURATION")]
+    #[arg(value_parser = parse::duration)]
+    pub backend_timeout: Option<Duration>,
+
     /// Serve Prometheus metrics at this path
     #[arg(long, env = "LAMEDUCK_METRICS_PATH", value_name = "PATH")]
     #[arg(value_parser = parse::path)]
