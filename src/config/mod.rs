@@ -173,7 +173,8 @@ pub struct LogConfig {
     #[arg(value_name = "FORMAT", default_value = "text", value_parser = parse::log_format)]
     pub format: LogFormat,
 
-    /// Log level or filter (trace, debug, info, warn, error); RUST_LOG is honoured too
+    /// Log level (trace, debug, info, warn, error, off) or filter (info,hyper=warn); RUST_LOG is
+    /// honoured too
     #[arg(
         id = "log_level",
         long = "log-level",

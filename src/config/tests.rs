@@ -192,6 +192,33 @@ fn rejected_flag_and_env_values_are_reported_in_lameducks_words() {
     );
 }
 
+/// A misspelt level is refused, not taken as a target that never logs (all logging silently off).
+#[test]
+fn a_log_level_that_is_no_level_is_refused_in_every_layer() {
+    const EXPECTED: &str = "expected a level (trace, debug, info, warn, error, off) or \
+                            comma-separated directives each naming one, such as info,hyper=warn";
+    assert_eq!(
+        invalid(&["--log-level", "verbose"]),
+        format!("error: invalid value 'verbose' for --log-level: {EXPECTED}")
+    );
+    let dir = TempDir::new();
+    let path = dir.file("log.toml", "log_level = \"info,verbose\"\n");
+    assert_eq!(
+        invalid(&["--config", arg(&path)]),
+        format!(
+            "error: config file {}: key `log_level`: invalid value 'info,verbose': {EXPECTED}",
+            path.display()
+        )
+    );
+    assert_eq!(
+        parse(&["--log-level", "lameduck=debug,warn"])
+            .unwrap()
+            .log
+            .filter,
+        "lameduck=debug,warn"
+    );
+}
+
 #[test]
 fn clap_errors_other_than_values_keep_claps_first_line() {
     assert_eq!(
