@@ -152,7 +152,9 @@ impl Child {
     }
 
     /// SIGTERM to the child's process group, then up to `timeout` for the child to exit, then
-    /// SIGKILL to the group.
+    /// SIGKILL to the group. A killed child is reaped by [`Child::clean_up`], which is bounded:
+    /// waiting here could outlast the grace period (a process in uninterruptible sleep dies only
+    /// when the kernel lets it).
     pub async fn stop(&mut self, timeout: Duration) -> Stopped {
         if let Some(status) = self.status {
             return Stopped::Exited(status);
@@ -163,7 +165,6 @@ impl Child {
         }
         warn!(timeout = ?timeout, "the child did not exit in time; sending SIGKILL");
         signal_group(self.pid, Signal::SIGKILL);
-        self.wait().await;
         Stopped::Killed
     }
 
@@ -175,6 +176,7 @@ impl Child {
         signal_group(self.pid, Signal::SIGKILL);
         let give_up = tokio::time::Instant::now() + limit;
         loop {
+            self.reap();
             let orphans = children_of(std::process::id());
             if orphans.is_empty() {
                 return;
@@ -191,7 +193,6 @@ impl Child {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
             tokio::time::sleep(ROUND).await;
-            self.reap();
         }
     }
 

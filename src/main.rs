@@ -4,13 +4,18 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use lameduck::config::{Config, ConfigError, LogConfig, LogFormat};
-use lameduck::lifecycle::{self, exit};
+use lameduck::lifecycle::{self, exit, Budget};
 use lameduck::signals;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
+    // The options, then whether the shutdown fits in the grace period with them.
+    let checked = Config::from_env().and_then(|config| {
+        let budget = Budget::fit(&config)?;
+        Ok((config, budget))
+    });
+    let (config, budget) = match checked {
+        Ok(checked) => checked,
         Err(ConfigError::Info(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -21,7 +26,8 @@ fn main() -> ExitCode {
         }
     };
     if config.print_config {
-        print!("{}", config.describe());
+        print!("{}", config.describe_with(&budget.effective()));
+        println!("# {}", budget.summary());
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log);
@@ -29,6 +35,7 @@ fn main() -> ExitCode {
     if !from_cerebrium.is_empty() {
         tracing::info!(values = %from_cerebrium.join(" "), "read from cerebrium.toml");
     }
+    budget.log();
 
     // This thread accepts connections and runs the lifecycle; the workers that serve the
     // connections run event loops of their own (see `server`).
@@ -61,7 +68,7 @@ fn main() -> ExitCode {
                 return exit::FORCED;
             }
         };
-        lifecycle::run(config, listener, signals).await
+        lifecycle::run(config, budget, listener, signals).await
     });
     // Connections still open are dropped here; nothing of the child's is left by now.
     runtime.shutdown_background();
