@@ -1,14 +1,23 @@
 //! Parse, set up logging, run, and turn the outcome into the process's exit status.
 
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use lameduck::config::{Config, ConfigError, LogConfig, LogFormat};
 use lameduck::lifecycle::{self, exit, Budget};
-use lameduck::signals;
+use lameduck::{child, limits, signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // lameduck's executable run again as the trampoline to its child (see `child`).
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == child::TRAMPOLINE) {
+        return child::trampoline(&args[2..]);
+    }
+
     // The options, then whether the shutdown fits in the grace period with them.
     let checked = Config::from_env().and_then(|config| {
         let budget = Budget::fit(&config)?;
@@ -36,6 +45,22 @@ fn main() -> ExitCode {
         tracing::info!(values = %from_cerebrium.join(" "), "read from cerebrium.toml");
     }
     budget.log();
+    let open_files = match limits::raise_open_files() {
+        Ok(open_files) => {
+            if open_files.was != open_files.now {
+                tracing::debug!(
+                    was = open_files.was,
+                    now = open_files.now,
+                    "raised the open-file limit to the hard limit"
+                );
+            }
+            Some(open_files.now)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the open-file limit");
+            None
+        }
+    };
 
     // This thread accepts connections and runs the lifecycle; the workers that serve the
     // connections run event loops of their own (see `server`).
@@ -60,7 +85,7 @@ fn main() -> ExitCode {
         // With `--port 0` the kernel picks the port: log the one actually bound, which is how
         // tests (and scripts) find it.
         let address = listener.local_addr().unwrap_or(config.listen);
-        tracing::info!(%address, "listening");
+        tracing::info!(%address, open_files_limit = open_files, "listening");
         let signals = match signals::listen() {
             Ok(signals) => signals,
             Err(err) => {
