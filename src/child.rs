@@ -274,8 +274,10 @@ fn spawn_through_trampoline(
     drop(report_to);
     let mut child = spawned?;
     // Ends at once: at the trampoline's `exec` (the end closes, nothing was written) or its exit.
+    // A failed read (none is expected from a pipe) counts as a started child: if it is not, its
+    // exit status soon says so, whereas an error here would start the command a second time.
     let mut errno = Vec::new();
-    std::fs::File::from(report).read_to_end(&mut errno)?;
+    let _ = std::fs::File::from(report).read_to_end(&mut errno);
     match <[u8; 4]>::try_from(errno.as_slice()) {
         Ok(bytes) => {
             let _ = child.wait();
@@ -301,7 +303,8 @@ pub fn trampoline(args: &[OsString]) -> ExitCode {
         eprintln!("lameduck: {TRAMPOLINE} is lameduck's own, internal invocation");
         return ExitCode::from(2);
     };
-    // SIGKILL, not SIGTERM: nobody is left to escalate, and the port must be freed.
+    // SIGKILL, not SIGTERM: nobody is left to escalate, and the port must be freed. (Fails only
+    // for an invalid signal.)
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Asked too late: lameduck died before the request and the signal will never come.
     if u64::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
