@@ -438,7 +438,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             Err(status) => return self.child_exited(status).await,
         };
 
-        // 4. stopping child, done by the platform's SIGKILL.
+        // 4. stopping child, over before the platform's SIGKILL.
         self.phase.set(Phase::Stopping);
         let stopped = self.stop_child(shutdown + self.budget.grace_period).await;
 
