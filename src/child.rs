@@ -1,14 +1,34 @@
-//! The backend as lameduck's child: spawned in its own process group, sent forwarded signals,
-//! stopped (SIGTERM, then SIGKILL), and reaped, along with every orphan that lands on lameduck.
+//! The backend as lameduck's child: spawned in its own process group with a parent-death signal,
+//! sent forwarded signals, stopped (SIGTERM, then SIGKILL), and reaped, along with every orphan
+//! that lands on lameduck.
+//!
+//! # The parent-death signal, without `unsafe`
+//!
+//! If lameduck itself is killed (SIGKILL, the OOM killer) outside a container, its child must not
+//! live on as an orphan holding the port. The kernel can signal a process when its parent dies
+//! (`PR_SET_PDEATHSIG`), but only the process itself can ask for it, between `fork` and `exec`,
+//! which in Rust takes `unsafe` (`CommandExt::pre_exec`). So lameduck runs its own executable
+//! (`/proc/self/exe`) as a small trampoline ([`trampoline`]): it asks for SIGKILL on its parent's
+//! death, checks that its parent is still lameduck (else lameduck died before the request and the
+//! trampoline gives up), gives back the open-file limit lameduck was started with (see
+//! [`crate::limits`]), and `exec`s the command, keeping its pid, its process group and its
+//! environment (`PORT`). The signal survives `exec` (but not a set-user-id or set-group-id
+//! program's, or one with file capabilities). Why an `exec` failed comes back to lameduck through
+//! a close-on-exec pipe, as `std::process::Command` does it, so a missing or non-executable
+//! command is still reported as such (127, 126).
 
+use std::ffi::{CString, OsString};
 use std::fmt;
-use std::io;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -16,6 +36,15 @@ use signal_hook::consts::signal::SIGCHLD;
 use tracing::{debug, warn};
 
 use crate::config;
+use crate::limits;
+
+/// The first argument that makes lameduck's executable the [`trampoline`] instead of lameduck.
+/// Not an option: lameduck's own command line takes no bare word before `--`.
+pub const TRAMPOLINE: &str = "__lameduck_exec_child";
+
+/// The executable the trampoline runs from: lameduck's own, even if its file has since been
+/// replaced or deleted.
+const SELF_EXE: &str = "/proc/self/exe";
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +133,20 @@ impl Child {
         if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %err, "cannot become a child subreaper; orphans will go to PID 1");
         }
-        let child = Command::new(&command.program)
-            .args(&command.args)
-            .env("PORT", port.to_string())
-            .process_group(0)
-            .spawn()
-            .map_err(spawn_error)?;
+        let child = match spawn_through_trampoline(command, port) {
+            Ok(spawned) => spawned.map_err(spawn_error)?,
+            Err(err) => {
+                // No /proc (lameduck's own executable cannot be run again): start the command
+                // without the parent-death signal rather than not at all.
+                warn!(error = %err, "cannot give the child a parent-death signal; it may outlive a killed lameduck");
+                Command::new(&command.program)
+                    .args(&command.args)
+                    .env("PORT", port.to_string())
+                    .process_group(0)
+                    .spawn()
+                    .map_err(spawn_error)?
+            }
+        };
         let pid = Pid::from_raw(child.id() as i32);
         Ok(Child {
             pid,
@@ -152,7 +189,9 @@ impl Child {
     }
 
     /// SIGTERM to the child's process group, then up to `timeout` for the child to exit, then
-    /// SIGKILL to the group.
+    /// SIGKILL to the group. A killed child is reaped by [`Child::clean_up`], which is bounded:
+    /// waiting here could outlast the grace period (a process in uninterruptible sleep dies only
+    /// when the kernel lets it).
     pub async fn stop(&mut self, timeout: Duration) -> Stopped {
         if let Some(status) = self.status {
             return Stopped::Exited(status);
@@ -163,7 +202,6 @@ impl Child {
         }
         warn!(timeout = ?timeout, "the child did not exit in time; sending SIGKILL");
         signal_group(self.pid, Signal::SIGKILL);
-        self.wait().await;
         Stopped::Killed
     }
 
@@ -175,6 +213,7 @@ impl Child {
         signal_group(self.pid, Signal::SIGKILL);
         let give_up = tokio::time::Instant::now() + limit;
         loop {
+            self.reap();
             let orphans = children_of(std::process::id());
             if orphans.is_empty() {
                 return;
@@ -191,7 +230,6 @@ impl Child {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
             tokio::time::sleep(ROUND).await;
-            self.reap();
         }
     }
 
@@ -205,6 +243,100 @@ impl Child {
             }
         }
     }
+}
+
+/// Runs `command` through the [`trampoline`]. The outer error: the trampoline itself could not be
+/// started; the inner one: the command could not be (its `exec` failed, and the trampoline has
+/// been reaped).
+///
+/// The kernel sends the parent-death signal when the *thread* that spawned the child ends, not the
+/// process: this runs on lameduck's main thread (the lifecycle's), which lives as long as lameduck.
+fn spawn_through_trampoline(
+    command: &config::Command,
+    port: u16,
+) -> io::Result<io::Result<std::process::Child>> {
+    // Close-on-exec in lameduck, but the trampoline must inherit the write end: cleared on it
+    // alone, for this one spawn (lameduck starts no other process).
+    let (report, report_to) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(report_to.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
+    let open_files = limits::original_open_files().map_or("-".to_string(), |n| n.to_string());
+    let spawned = Command::new(SELF_EXE)
+        .arg(TRAMPOLINE)
+        .arg(std::process::id().to_string())
+        .arg(report_to.as_raw_fd().to_string())
+        .arg(open_files)
+        .arg(&command.program)
+        .args(&command.args)
+        .env("PORT", port.to_string())
+        .process_group(0)
+        .spawn();
+    // lameduck's copy, closed so that the read below ends when the trampoline's does.
+    drop(report_to);
+    let mut child = spawned?;
+    // Ends at once: at the trampoline's `exec` (the end closes, nothing was written) or its exit.
+    // A failed read (none is expected from a pipe) counts as a started child: if it is not, its
+    // exit status soon says so, whereas an error here would start the command a second time.
+    let mut errno = Vec::new();
+    let _ = std::fs::File::from(report).read_to_end(&mut errno);
+    match <[u8; 4]>::try_from(errno.as_slice()) {
+        Ok(bytes) => {
+            let _ = child.wait();
+            Ok(Err(io::Error::from_raw_os_error(i32::from_ne_bytes(bytes))))
+        }
+        Err(_) => Ok(Ok(child)),
+    }
+}
+
+/// The trampoline between lameduck and its child (see the module's doc): `args` are lameduck's
+/// pid, the report pipe's descriptor, the open-file limit to give back (`-`: none), then the
+/// command. Returns only if the command could not be run: 127 if it was not found, 126 otherwise,
+/// as shells do; why, lameduck learns through the pipe and logs.
+pub fn trampoline(args: &[OsString]) -> ExitCode {
+    let [parent, report_to, open_files, command @ ..] = args else {
+        eprintln!("lameduck: {TRAMPOLINE} is lameduck's own, internal invocation");
+        return ExitCode::from(2);
+    };
+    let number = |arg: &OsString| arg.to_str().and_then(|text| text.parse::<u64>().ok());
+    let (Some(parent), Some(report_to), false) =
+        (number(parent), number(report_to), command.is_empty())
+    else {
+        eprintln!("lameduck: {TRAMPOLINE} is lameduck's own, internal invocation");
+        return ExitCode::from(2);
+    };
+    // SIGKILL, not SIGTERM: nobody is left to escalate, and the port must be freed. (Fails only
+    // for an invalid signal.)
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Asked too late: lameduck died before the request and the signal will never come.
+    if u64::try_from(nix::unistd::getppid().as_raw()).ok() != Some(parent) {
+        return ExitCode::from(1);
+    }
+    if let Some(soft) = number(open_files) {
+        let _ = limits::restore_open_files(soft);
+    }
+    let report_to = report_to as i32;
+    // The command must not inherit the pipe; a successful `exec` closes it, which tells lameduck.
+    let _ = fcntl(report_to, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    let words: Result<Vec<CString>, _> = command
+        .iter()
+        .map(|word| CString::new(word.clone().into_vec()))
+        .collect();
+    let errno = match words {
+        Ok(words) => match nix::unistd::execvp(&words[0], &words) {
+            Err(errno) => errno,
+            Ok(never) => match never {},
+        },
+        // A word holding a NUL byte cannot be passed to a program.
+        Err(_) => Errno::EINVAL,
+    };
+    // The descriptor by its /proc name: borrowing a raw descriptor is `unsafe`, opening a
+    // pipe's /proc entry is not (and reaches the same pipe).
+    if let Ok(mut pipe) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{report_to}"))
+    {
+        let _ = pipe.write_all(&(errno as i32).to_ne_bytes());
+    }
+    ExitCode::from(if errno == Errno::ENOENT { 127 } else { 126 })
 }
 
 /// Reaps orphans forever: what PID 1 must do when there is no child to supervise.

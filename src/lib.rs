@@ -22,7 +22,9 @@
 //!   effects.
 //! - [`lifecycle`]: the one place that sequences the phases, with the deadline budget.
 //! - [`signals`]: OS signals -> lifecycle events.
-//! - [`child`]: spawn the backend in its own process group, forward signals, stop it, reap.
+//! - [`child`]: spawn the backend in its own process group with a parent-death signal, forward
+//!   signals, stop it, reap.
+//! - [`limits`]: the open-file limit, raised for lameduck and given back to the child.
 //! - [`server`]: the accept loop, one single-threaded worker per core, and each connection's
 //!   graceful close.
 //! - [`proxy`]: the request path: local endpoints, admission, forwarding, every error response.
@@ -49,6 +51,7 @@ pub mod cut;
 pub mod framing;
 pub mod headers;
 pub mod lifecycle;
+pub mod limits;
 pub mod phase;
 pub mod probes;
 pub mod proxy;

@@ -17,6 +17,13 @@
 //! `EXIT_MARGIN = CUT_GRACE + CHILD_CLEAN_UP + EXIT_SLACK` (1 s, checked when compiling). A drain
 //! that ends early lets the last responses flush for up to [`FLUSH_LINGER`], never past the drain
 //! deadline.
+//!
+//! [`Budget::fit`] checks, before anything runs, that the options fit: a grace period shorter
+//! than the exit margin, or a `--child-stop-timeout` given that leaves no room for the margin, is
+//! refused (exit 2); the *default* child stop timeout (5 s) shrinks to half of what a short grace
+//! period leaves after the margin, so that the drain gets the other half. Then every step after
+//! SIGTERM is bounded by an instant computed from the signal's time, and a step that ran late
+//! shortens the next ones instead of pushing the exit past the grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +36,7 @@ use tracing::{error, info, warn};
 use crate::admission::{Admission, Gauge};
 use crate::backend::Backend;
 use crate::child::{self, Child, ExitStatus, Stopped};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Effective};
 use crate::cut::Cut;
 use crate::phase::{self, Phase, PhaseWriter};
 use crate::probes::Probes;
@@ -81,10 +88,188 @@ pub fn drain_budget(grace_period: Duration, child_stop_timeout: Duration) -> Dur
         .saturating_sub(EXIT_MARGIN)
 }
 
+/// The shutdown's timings as lameduck keeps them: the drain, the child's stop and the exit margin
+/// fitted inside `--grace-period`. Built once by [`Budget::fit`], before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// From SIGTERM to the platform's SIGKILL.
+    pub grace_period: Duration,
+    /// The child's time between its SIGTERM and SIGKILL, as lameduck will give it.
+    pub child_stop_timeout: Duration,
+    /// How long after SIGTERM the drain may last: the drain deadline.
+    pub drain: Duration,
+    /// What fitting changed, and what will be cut short: logged at start, shown by
+    /// `--print-config`.
+    pub notes: Vec<Note>,
+}
+
+/// One thing [`Budget::fit`] has to say about an option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The option's key.
+    pub key: &'static str,
+    /// The value in effect, when fitting changed it.
+    pub effective: Option<Duration>,
+    pub text: String,
+    /// A warning (the configuration loses something) rather than information.
+    pub warning: bool,
+}
+
+impl Budget {
+    /// Fits the shutdown into the grace period, or refuses the configuration with one line
+    /// (exit 2). In every configuration it accepts, the drain, the cut, the child's stop and the
+    /// exit add up to the grace period at most.
+    ///
+    /// - A grace period shorter than [`EXIT_MARGIN`] is refused: there is not even time to exit.
+    /// - A `--child-stop-timeout` given by the user (flag, env var, file) that does not fit with
+    ///   the margin is refused, naming both values and the largest stop timeout that fits: two
+    ///   settings contradict each other, and which to sacrifice is the user's call.
+    /// - The *default* stop timeout is no one's choice: when it is more than half of what the
+    ///   grace period leaves after the margin (a grace period under 11 s), it shrinks to that
+    ///   half, so that a short cerebrium.toml `response_grace_period` still leaves time to drain.
+    /// - A `--drain-delay` at or past the drain deadline is accepted, with a warning: the deadline
+    ///   ends it.
+    pub fn fit(config: &Config) -> Result<Budget, ConfigError> {
+        let grace_period = config.grace_period;
+        if grace_period < EXIT_MARGIN {
+            return Err(config.reject(
+                "grace_period",
+                &format!(
+                    "shorter than the {} lameduck keeps, besides the child's stop timeout, to \
+                     end cut requests, clean up and exit; the shortest grace period accepted is {}",
+                    show(EXIT_MARGIN),
+                    show(EXIT_MARGIN)
+                ),
+            ));
+        }
+        let room = grace_period - EXIT_MARGIN;
+        let mut notes = Vec::new();
+        let mut child_stop_timeout = config.child_stop_timeout;
+        if child_stop_timeout > room && !config.is_default("child_stop_timeout") {
+            return Err(config.reject(
+                "child_stop_timeout",
+                &format!(
+                    "does not fit in --grace-period {} ({}) with lameduck's {} exit margin; \
+                     the largest --child-stop-timeout that fits is {}",
+                    show(grace_period),
+                    config.origin("grace_period"),
+                    show(EXIT_MARGIN),
+                    show(floor_ms(room))
+                ),
+            ));
+        }
+        let half = floor_ms(room / 2);
+        if config.is_default("child_stop_timeout") && child_stop_timeout > half {
+            child_stop_timeout = half;
+            notes.push(Note {
+                key: "child_stop_timeout",
+                effective: Some(half),
+                text: format!(
+                    "the default child stop timeout {} is more than half of what --grace-period \
+                     {} leaves after the {} exit margin: the child gets {}, the drain up to {}",
+                    show(config.child_stop_timeout),
+                    show(grace_period),
+                    show(EXIT_MARGIN),
+                    show(half),
+                    show(drain_budget(grace_period, half))
+                ),
+                warning: false,
+            });
+        }
+        let drain = drain_budget(grace_period, child_stop_timeout);
+        if drain.is_zero() {
+            notes.push(Note {
+                key: "grace_period",
+                effective: None,
+                text: format!(
+                    "no time to drain: --grace-period {} less the child's stop timeout {} and the \
+                     {} exit margin leaves nothing; requests in flight at SIGTERM will be cut at once",
+                    show(grace_period),
+                    show(child_stop_timeout),
+                    show(EXIT_MARGIN)
+                ),
+                warning: true,
+            });
+        } else if !config.drain_delay.is_zero() && config.drain_delay >= drain {
+            notes.push(Note {
+                key: "drain_delay",
+                effective: None,
+                text: format!(
+                    "--drain-delay {} reaches the drain deadline, {} after SIGTERM: the delay ends \
+                     there, and requests still in flight are cut",
+                    show(config.drain_delay),
+                    show(drain)
+                ),
+                warning: true,
+            });
+        }
+        Ok(Budget {
+            grace_period,
+            child_stop_timeout,
+            drain,
+            notes,
+        })
+    }
+
+    /// The notes as `--print-config` shows them, beside the options they are about.
+    pub fn effective(&self) -> Vec<Effective> {
+        self.notes
+            .iter()
+            .map(|note| Effective {
+                key: note.key,
+                value: note.effective.map(show),
+                note: note.text.clone(),
+            })
+            .collect()
+    }
+
+    /// One line: how the grace period will be spent.
+    pub fn summary(&self) -> String {
+        format!(
+            "shutdown budget: drain up to {}, cut requests {}, child stop {}, clean-up and exit {} \
+             = grace_period {}",
+            show(self.drain),
+            show(CUT_GRACE),
+            show(self.child_stop_timeout),
+            show(CHILD_CLEAN_UP + EXIT_SLACK),
+            show(self.grace_period)
+        )
+    }
+
+    /// Logs the notes, once logging is up.
+    pub fn log(&self) {
+        for note in &self.notes {
+            if note.warning {
+                warn!(option = note.key, "{}", note.text);
+            } else {
+                info!(option = note.key, "{}", note.text);
+            }
+        }
+    }
+}
+
+/// A duration as a flag would take it: `5s`, `2500ms`.
+fn show(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{duration:?}")
+    }
+}
+
+/// Rounded down to the millisecond: fitted values stay inside the budget and print plainly.
+fn floor_ms(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
+}
+
 /// Runs lameduck on `listener` until shutdown, moved on by `signals`, and returns the exit
-/// status. The caller binds the listener and supplies the signals, so tests can do both.
+/// status. The caller binds the listener and supplies the signals, so tests can do both;
+/// `budget` is [`Budget::fit`]'s for `config`.
 pub async fn run(
     config: Config,
+    budget: Budget,
     listener: TcpListener,
     signals: impl Stream<Item = Signal> + Unpin,
 ) -> u8 {
@@ -108,7 +293,7 @@ pub async fn run(
             }
         },
     };
-    let (life, shared) = Lifecycle::new(config, signals, child);
+    let (life, shared) = Lifecycle::new(config, budget, signals, child);
     tokio::spawn(server::serve(listener, shared));
     life.run().await
 }
@@ -132,6 +317,7 @@ enum Stop {
 
 struct Lifecycle<S> {
     config: Config,
+    budget: Budget,
     phase: PhaseWriter,
     admission: Arc<Admission>,
     cut: Arc<Cut>,
@@ -146,7 +332,12 @@ struct Lifecycle<S> {
 
 impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
     /// Builds every shared part; returns the lifecycle and what the connections share.
-    fn new(config: Config, signals: S, child: Option<Child>) -> (Lifecycle<S>, Arc<Shared>) {
+    fn new(
+        config: Config,
+        budget: Budget,
+        signals: S,
+        child: Option<Child>,
+    ) -> (Lifecycle<S>, Arc<Shared>) {
         let (phase, phases) = phase::cell();
         let admission = Admission::new(phases.clone(), config.max_concurrency);
         let cut = Cut::new();
@@ -179,6 +370,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         });
         let life = Lifecycle {
             config,
+            budget,
             phase,
             admission,
             cut,
@@ -205,7 +397,11 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             () = sleep_until(startup_deadline) => {
                 error!(timeout = ?self.config.startup_timeout, "the backend did not start in time");
                 self.phase.set(Phase::Stopping);
-                self.stop_child().await;
+                let exit_by = Instant::now()
+                    + self.budget.child_stop_timeout
+                    + CHILD_CLEAN_UP
+                    + EXIT_SLACK;
+                self.stop_child(exit_by).await;
                 return exit::FORCED;
             }
             event = self.next_event() => match event {
@@ -237,15 +433,15 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         // 3. draining, inside the budget that leaves time to stop the child before the
         //    platform's SIGKILL.
         let shutdown = Instant::now();
-        let deadline = shutdown + self.drain_budget();
+        let deadline = shutdown + self.budget.drain;
         let cut = match self.drain(stop, shutdown, deadline).await {
             Ok(cut) => cut,
             Err(status) => return self.child_exited(status).await,
         };
 
-        // 4. stopping child.
+        // 4. stopping child, over before the platform's SIGKILL.
         self.phase.set(Phase::Stopping);
-        let stopped = self.stop_child().await;
+        let stopped = self.stop_child(shutdown + self.budget.grace_period).await;
 
         // 5. exit.
         let clean = cut == 0 && !matches!(stopped, Some(Stopped::Killed));
@@ -258,10 +454,6 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             "exiting"
         );
         status
-    }
-
-    fn drain_budget(&self) -> Duration {
-        drain_budget(self.config.grace_period, self.config.child_stop_timeout)
     }
 
     /// Stops admitting (after the drain delay), then waits for in-flight requests until none is
@@ -279,7 +471,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         info!(
             in_flight = self.admission.in_flight(),
             drain_delay = ?self.config.drain_delay,
-            budget = ?self.drain_budget(),
+            budget = ?self.budget.drain,
             "draining: /ready now fails"
         );
 
@@ -352,14 +544,18 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         );
     }
 
-    /// SIGTERM to the child's group, SIGKILL after `--child-stop-timeout`, then nothing of the
-    /// child's left running. `None` without a child.
-    async fn stop_child(&mut self) -> Option<Stopped> {
+    /// SIGTERM to the child's group, SIGKILL after its stop timeout, then nothing of the child's
+    /// left running, all done [`EXIT_SLACK`] before `exit_by`. `None` without a child.
+    async fn stop_child(&mut self, exit_by: Instant) -> Option<Stopped> {
         let child = self.child.as_mut()?;
-        info!(pid = child.pid(), timeout = ?self.config.child_stop_timeout, "stopping the child");
         let started = Instant::now();
-        let stopped = child.stop(self.config.child_stop_timeout).await;
-        child.clean_up(CHILD_CLEAN_UP).await;
+        let (timeout, clean_up_by) =
+            stop_schedule(started, exit_by, self.budget.child_stop_timeout);
+        info!(pid = child.pid(), ?timeout, "stopping the child");
+        let stopped = child.stop(timeout).await;
+        child
+            .clean_up(clean_up_by.saturating_duration_since(Instant::now()))
+            .await;
         match stopped {
             Stopped::Exited(status) => self.probes.child_died(format!("child stopped: {status}")),
             Stopped::Killed => self.probes.child_died("child killed".into()),
@@ -421,6 +617,17 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             }
         }
     }
+}
+
+/// The child's stop timeout and the end of its clean-up, for a stop that starts at `now` and must
+/// be over [`EXIT_SLACK`] before `exit_by`. On time, the child gets its whole `stop_timeout`; a
+/// step that ran late before (a cut that overran on a starved machine) shortens it, so that the
+/// exit never moves.
+fn stop_schedule(now: Instant, exit_by: Instant, stop_timeout: Duration) -> (Duration, Instant) {
+    let clean_up_by = exit_by.checked_sub(EXIT_SLACK).unwrap_or(now).max(now);
+    let kill_by = clean_up_by.checked_sub(CHILD_CLEAN_UP).unwrap_or(now);
+    let timeout = stop_timeout.min(kill_by.saturating_duration_since(now));
+    (timeout, clean_up_by)
 }
 
 fn on_event_while_draining(event: Event) -> Result<Stop, ExitStatus> {
@@ -491,9 +698,10 @@ mod tests {
             &url,
         ];
         let config = Config::parse_from(fixed.iter().chain(args)).unwrap();
+        let budget = Budget::fit(&config).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let signals = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let (life, shared) = Lifecycle::new(config, signals, None);
+        let (life, shared) = Lifecycle::new(config, budget, signals, None);
         let running = Running {
             admission: Arc::clone(&life.admission),
             cut: Arc::clone(&life.cut),
@@ -632,6 +840,278 @@ mod tests {
         // 1 s after the last arrival, not 5 s after SIGTERM.
         assert_at(signalled.elapsed(), Duration::from_millis(1600));
         assert_eq!(life.task.await.unwrap(), exit::CLEAN);
+    }
+
+    /// A stuck request (it ignores the cut) and a drain delay that outlasts the budget: the
+    /// drain and the cut still end where the budget says, leaving the child's stop timeout and the
+    /// clean-up inside the grace period, in every kind of configuration `fit` accepts.
+    #[tokio::test]
+    async fn every_accepted_configuration_ends_its_drain_in_time() {
+        let configurations: &[&[&str]] = &[
+            &["--grace-period", "1s"],
+            &["--grace-period", "1s", "--child-stop-timeout", "0s"],
+            &["--grace-period", "2s", "--drain-delay", "1m"],
+            &["--grace-period", "3s", "--child-stop-timeout", "2s"],
+            &["--grace-period", "5s"],
+            &[
+                "--grace-period",
+                "10s",
+                "--child-stop-timeout",
+                "2s",
+                "--drain-delay",
+                "30s",
+            ],
+            &[
+                "--grace-period",
+                "30s",
+                "--drain-delay",
+                "5s",
+                "--drain-quiet",
+                "1s",
+            ],
+        ];
+        for args in configurations {
+            let budget = Budget::fit(&config(args)).unwrap();
+            let life = ready(args).await;
+            let Admit::Now(_stuck) = life.admission.admit() else {
+                panic!("a ready lifecycle admits")
+            };
+            let signalled = Instant::now();
+            life.signal(SIGTERM);
+            assert_eq!(life.task.await.unwrap(), exit::FORCED, "{args:?}");
+            let elapsed = signalled.elapsed();
+            assert_at(elapsed, budget.drain + CUT_GRACE);
+            let after_the_child = elapsed + budget.child_stop_timeout + CHILD_CLEAN_UP;
+            assert!(
+                after_the_child + EXIT_SLACK <= budget.grace_period + Duration::from_millis(2),
+                "{args:?}: {budget:?}"
+            );
+            tokio::time::resume();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drain_delay_past_the_budget_ends_at_the_drain_deadline() {
+        let args = [
+            "--grace-period",
+            "10s",
+            "--child-stop-timeout",
+            "2s",
+            "--drain-delay",
+            "30s",
+        ];
+        let life = ready(&args).await;
+        let signalled = Instant::now();
+        life.signal(SIGTERM);
+        life.reach(Phase::DrainDelay).await;
+        tokio::time::sleep(Duration::from_millis(6900)).await;
+        let Admit::Now(late) = life.admission.admit() else {
+            panic!("the drain delay still admits")
+        };
+        drop(late);
+        life.reach(Phase::Draining).await;
+        assert_at(signalled.elapsed(), Duration::from_secs(7));
+        assert_eq!(life.task.await.unwrap(), exit::CLEAN);
+    }
+
+    /// The child's part of the budget: on time it gets its whole stop timeout; late, less, and
+    /// the clean-up still ends [`EXIT_SLACK`] before the exit.
+    #[test]
+    fn a_late_stop_shortens_the_childs_time_not_the_exit() {
+        let shutdown = Instant::now();
+        let budget = Budget::fit(&config(&[
+            "--grace-period",
+            "10s",
+            "--child-stop-timeout",
+            "2s",
+        ]))
+        .unwrap();
+        let exit_by = shutdown + budget.grace_period;
+        let on_time = shutdown + budget.drain + CUT_GRACE;
+        let (timeout, clean_up_by) = stop_schedule(on_time, exit_by, budget.child_stop_timeout);
+        assert_eq!(timeout, Duration::from_secs(2));
+        assert_eq!(clean_up_by, on_time + timeout + CHILD_CLEAN_UP);
+        assert_eq!(clean_up_by + EXIT_SLACK, exit_by);
+
+        let late = on_time + Duration::from_millis(1500);
+        let (timeout, clean_up_by) = stop_schedule(late, exit_by, budget.child_stop_timeout);
+        assert_eq!(timeout, Duration::from_millis(500));
+        assert_eq!(clean_up_by + EXIT_SLACK, exit_by);
+
+        let very_late = exit_by + Duration::from_secs(1);
+        let (timeout, clean_up_by) = stop_schedule(very_late, exit_by, budget.child_stop_timeout);
+        assert_eq!((timeout, clean_up_by), (Duration::ZERO, very_late));
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let fixed = ["lameduck", "--cerebrium-toml", "/dev/null"];
+        Config::parse_from(fixed.iter().chain(args)).unwrap()
+    }
+
+    fn refusal(args: &[&str]) -> String {
+        match Budget::fit(&config(args)) {
+            Err(ConfigError::Invalid(line)) => line,
+            other => panic!("{args:?}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_grace_period_shorter_than_the_exit_margin_is_refused() {
+        for grace in ["0", "0s", "999ms"] {
+            assert_eq!(
+                refusal(&["--grace-period", grace]),
+                format!(
+                    "error: invalid value '{grace}' for --grace-period: shorter than the 1s \
+                     lameduck keeps, besides the child's stop timeout, to end cut requests, clean \
+                     up and exit; the shortest grace period accepted is 1s"
+                )
+            );
+        }
+    }
+
+    /// The issue's case: grace 1 s, child stop 5 s used to run 5 s past the platform's SIGKILL.
+    #[test]
+    fn a_child_stop_timeout_given_that_does_not_fit_is_refused_naming_both() {
+        assert_eq!(
+            refusal(&["--grace-period", "1s", "--child-stop-timeout", "5s"]),
+            "error: invalid value '5s' for --child-stop-timeout: does not fit in --grace-period 1s \
+             (flag) with lameduck's 1s exit margin; the largest --child-stop-timeout that fits is 0s"
+        );
+        assert_eq!(
+            refusal(&["--grace-period", "3.5", "--child-stop-timeout", "3s"]),
+            "error: invalid value '3s' for --child-stop-timeout: does not fit in --grace-period \
+             3500ms (flag) with lameduck's 1s exit margin; the largest --child-stop-timeout that \
+             fits is 2500ms"
+        );
+        // Exactly the largest fits, with nothing left to drain.
+        let budget = Budget::fit(&config(&[
+            "--grace-period",
+            "3s",
+            "--child-stop-timeout",
+            "2s",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (budget.child_stop_timeout, budget.drain),
+            (Duration::from_secs(2), Duration::ZERO)
+        );
+        assert_eq!(budget.notes.len(), 1);
+        assert!(budget.notes[0].warning && budget.notes[0].text.starts_with("no time to drain"));
+    }
+
+    /// cerebrium.toml users set a short `response_grace_period` and never the child's stop
+    /// timeout: its default shares what the grace period leaves with the drain.
+    #[test]
+    fn the_default_child_stop_timeout_shrinks_to_fit_a_short_grace_period() {
+        let budget = Budget::fit(&config(&["--grace-period", "5"])).unwrap();
+        assert_eq!(
+            (budget.child_stop_timeout, budget.drain),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert_eq!(budget.notes.len(), 1);
+        let note = &budget.notes[0];
+        assert_eq!(
+            (note.key, note.effective, note.warning),
+            ("child_stop_timeout", Some(Duration::from_secs(2)), false)
+        );
+        assert_eq!(
+            budget.effective()[0].value.as_deref(),
+            Some("2s"),
+            "--print-config shows the value in effect"
+        );
+
+        for (grace, child, drain) in [(30, 5000, 24000), (11, 5000, 5000), (8, 3500, 3500)] {
+            let budget = Budget::fit(&config(&["--grace-period", &grace.to_string()])).unwrap();
+            assert_eq!(
+                (budget.child_stop_timeout, budget.drain),
+                (Duration::from_millis(child), Duration::from_millis(drain)),
+                "grace {grace}s"
+            );
+        }
+        assert!(Budget::fit(&config(&[])).unwrap().notes.is_empty());
+
+        let budget = Budget::fit(&config(&["--grace-period", "1s"])).unwrap();
+        assert_eq!(
+            (budget.child_stop_timeout, budget.drain),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        assert!(budget.notes.iter().any(|note| note.warning));
+    }
+
+    #[test]
+    fn a_drain_delay_at_or_past_the_drain_deadline_is_accepted_with_a_warning() {
+        let args = ["--grace-period", "10s", "--child-stop-timeout", "2s"];
+        let with_delay = |delay: &str| {
+            Budget::fit(&config(&[&args[..], &["--drain-delay", delay]].concat())).unwrap()
+        };
+        assert!(with_delay("6999ms").notes.is_empty());
+        for (delay, shown) in [("7s", "7s"), ("1h", "3600s")] {
+            let budget = with_delay(delay);
+            assert_eq!(budget.drain, Duration::from_secs(7));
+            let [note] = &budget.notes[..] else {
+                panic!("{:?}", budget.notes)
+            };
+            assert_eq!((note.key, note.warning), ("drain_delay", true));
+            assert!(
+                note.text.contains(&format!("--drain-delay {shown}")),
+                "{}",
+                note.text
+            );
+        }
+    }
+
+    /// Over a grid of grace periods, child stop timeouts (the default or given) and drain delays:
+    /// whatever `fit` accepts adds up to the grace period at most, and it refuses only a grace
+    /// period under the exit margin or a given stop timeout that leaves no room for it.
+    #[test]
+    fn whatever_fit_accepts_adds_up_to_the_grace_period() {
+        let graces = [
+            "0", "250ms", "1s", "1.3333", "1500ms", "2s", "3s", "5s", "6s", "11s", "12s", "30s",
+            "15m",
+        ];
+        let childs = [
+            None,
+            Some("0s"),
+            Some("1ms"),
+            Some("500ms"),
+            Some("2s"),
+            Some("5s"),
+            Some("1m"),
+        ];
+        let delays = ["0s", "1s", "30s"];
+        let mut accepted = 0;
+        for grace in graces {
+            for child in childs {
+                for delay in delays {
+                    let mut args = vec!["--grace-period", grace, "--drain-delay", delay];
+                    if let Some(child) = child {
+                        args.extend(["--child-stop-timeout", child]);
+                    }
+                    let config = config(&args);
+                    let room = config.grace_period.checked_sub(EXIT_MARGIN);
+                    match Budget::fit(&config) {
+                        Ok(budget) => {
+                            accepted += 1;
+                            let spent = budget.drain
+                                + CUT_GRACE
+                                + budget.child_stop_timeout
+                                + CHILD_CLEAN_UP
+                                + EXIT_SLACK;
+                            assert!(spent <= config.grace_period, "{args:?}: {budget:?}");
+                            if child.is_some() {
+                                assert_eq!(budget.child_stop_timeout, config.child_stop_timeout);
+                            }
+                        }
+                        Err(_) => {
+                            let given_too_long = child.is_some()
+                                && room.is_some_and(|room| config.child_stop_timeout > room);
+                            assert!(room.is_none() || given_too_long, "{args:?} refused");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(accepted > 100, "only {accepted} accepted");
     }
 
     #[test]

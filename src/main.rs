@@ -1,16 +1,30 @@
 //! Parse, set up logging, run, and turn the outcome into the process's exit status.
 
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use lameduck::config::{Config, ConfigError, LogConfig, LogFormat};
-use lameduck::lifecycle::{self, exit};
-use lameduck::signals;
+use lameduck::lifecycle::{self, exit, Budget};
+use lameduck::{child, limits, signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
+    // lameduck's executable run again as the trampoline to its child (see `child`).
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == child::TRAMPOLINE) {
+        return child::trampoline(&args[2..]);
+    }
+
+    // The options, then whether the shutdown fits in the grace period with them.
+    let checked = Config::from_env().and_then(|config| {
+        let budget = Budget::fit(&config)?;
+        Ok((config, budget))
+    });
+    let (config, budget) = match checked {
+        Ok(checked) => checked,
         Err(ConfigError::Info(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -21,7 +35,8 @@ fn main() -> ExitCode {
         }
     };
     if config.print_config {
-        print!("{}", config.describe());
+        print!("{}", config.describe_with(&budget.effective()));
+        println!("# {}", budget.summary());
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log);
@@ -29,6 +44,23 @@ fn main() -> ExitCode {
     if !from_cerebrium.is_empty() {
         tracing::info!(values = %from_cerebrium.join(" "), "read from cerebrium.toml");
     }
+    budget.log();
+    let open_files = match limits::raise_open_files() {
+        Ok(open_files) => {
+            if open_files.was != open_files.now {
+                tracing::debug!(
+                    was = open_files.was,
+                    now = open_files.now,
+                    "raised the open-file limit to the hard limit"
+                );
+            }
+            Some(open_files.now)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the open-file limit");
+            None
+        }
+    };
 
     // This thread accepts connections and runs the lifecycle; the workers that serve the
     // connections run event loops of their own (see `server`).
@@ -53,7 +85,7 @@ fn main() -> ExitCode {
         // With `--port 0` the kernel picks the port: log the one actually bound, which is how
         // tests (and scripts) find it.
         let address = listener.local_addr().unwrap_or(config.listen);
-        tracing::info!(%address, "listening");
+        tracing::info!(%address, open_files_limit = open_files, "listening");
         let signals = match signals::listen() {
             Ok(signals) => signals,
             Err(err) => {
@@ -61,7 +93,7 @@ fn main() -> ExitCode {
                 return exit::FORCED;
             }
         };
-        lifecycle::run(config, listener, signals).await
+        lifecycle::run(config, budget, listener, signals).await
     });
     // Connections still open are dropped here; nothing of the child's is left by now.
     runtime.shutdown_background();

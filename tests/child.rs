@@ -71,6 +71,13 @@ async fn a_missing_command_exits_127_and_a_non_executable_one_126() {
         .spawn()
         .await;
     ld.expect_exit(127).await;
+    // lameduck's own line, not only a status the command could have exited with itself.
+    assert!(
+        ld.log().contains("cannot start the backend")
+            && ld.log().contains("No such file or directory"),
+        "{}",
+        ld.log()
+    );
 
     let dir = TempDir::new("noexec");
     let path = dir.join("backend.sh");
@@ -80,6 +87,113 @@ async fn a_missing_command_exits_127_and_a_non_executable_one_126() {
         .spawn()
         .await;
     ld.expect_exit(126).await;
+    assert!(
+        ld.log().contains("cannot start the backend") && ld.log().contains("Permission denied"),
+        "{}",
+        ld.log()
+    );
+}
+
+/// Kills a process when dropped, so that a failing test leaves none behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// lameduck killed outright (SIGKILL, the OOM killer) cannot stop its child: the kernel does, with
+/// the parent-death signal, so no orphan keeps serving on the port.
+#[tokio::test]
+async fn the_child_dies_with_a_sigkilled_lameduck() {
+    let mut ld = Builder::with_backend()
+        .env("BACKEND_ON_TERM", "ignore")
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let backend = backend_pid(&ld).await;
+    let _guard = KillOnDrop(backend);
+    // Still the leader of a process group of its own, with `PORT`, after the trampoline.
+    assert_eq!(process_group(backend), backend);
+    assert_ne!(process_group(backend), ld.pid().as_raw() as u32);
+    let environ = std::fs::read(format!("/proc/{backend}/environ")).unwrap();
+    let port = format!("PORT={}", ld.upstream_port);
+    assert!(environ
+        .split(|&byte| byte == 0)
+        .any(|var| var == port.as_bytes()));
+
+    ld.signal(Signal::SIGKILL);
+    assert_eq!(ld.wait_exit(PATIENCE).await, 137);
+    wait_for("the child to die with lameduck", || async {
+        !alive(backend)
+    })
+    .await;
+}
+
+/// The trampoline asks for the parent-death signal, then checks its parent is still lameduck: if
+/// lameduck died first, the signal would never come, so it gives up instead of running the command.
+#[test]
+fn the_trampoline_does_not_run_the_command_once_lameduck_is_gone() {
+    let dir = TempDir::new("trampoline");
+    let marker = dir.join("ran");
+    let script = format!("echo ran > {}", marker.display());
+    // Parent pid 1: not the test's pid, which is the trampoline's actual parent here.
+    let out = run_to_exit(
+        &[
+            lameduck::child::TRAMPOLINE,
+            "1",
+            "999",
+            "-",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(!marker.exists(), "the command ran");
+
+    // With the right parent it runs the command in its place.
+    let out = run_to_exit(
+        &[
+            lameduck::child::TRAMPOLINE,
+            &std::process::id().to_string(),
+            "999",
+            "-",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(marker.exists(), "the command did not run");
+}
+
+/// lameduck raises its soft open-file limit to the hard limit (it holds two descriptors per
+/// client), and gives its child back the limit it was started with, as Go does.
+#[tokio::test]
+async fn lameduck_raises_its_open_file_limit_and_the_child_gets_the_original() {
+    let (_, hard) = open_files_limits(std::process::id());
+    assert!(
+        hard > 256,
+        "the test needs a hard open-file limit above 256, not {hard}"
+    );
+    let ld = Builder::with_backend().soft_open_files(256).spawn().await;
+    ld.wait_ready().await;
+    let lameduck = ld.pid().as_raw() as u32;
+    assert_eq!(open_files_limits(lameduck), (hard, hard));
+    assert!(
+        ld.log().contains(&format!("open_files_limit={hard}")),
+        "{}",
+        ld.log()
+    );
+    assert_eq!(open_files_limits(backend_pid(&ld).await), (256, hard));
 }
 
 #[tokio::test]

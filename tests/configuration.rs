@@ -98,6 +98,59 @@ fn precedence_is_flag_then_env_then_file_then_cerebrium_then_default() {
     expect("child_stop_timeout", "5s", "default");
 }
 
+/// A short `response_grace_period` with the default child stop timeout starts, with the default
+/// fitted (and `--print-config` shows the value in effect); one too short to exit, or a child
+/// stop timeout set beside it that cannot fit, exits 2 naming the values and where they came from.
+#[test]
+fn the_shutdown_must_fit_in_a_cerebrium_grace_period() {
+    let dir = TempDir::new("cerebrium-budget");
+    let toml = |grace: &str| {
+        std::fs::write(
+            dir.join("cerebrium.toml"),
+            format!("[cerebrium.scaling]\nresponse_grace_period = {grace}\n"),
+        )
+        .unwrap()
+    };
+    toml("5");
+    let out = run_to_exit(&["--print-config"], &[], Some(dir.path()));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let child = config_line(&out.stdout, "child_stop_timeout");
+    assert!(
+        child.starts_with("child_stop_timeout = \"2s\"") && child.contains("# default; "),
+        "{child}"
+    );
+    assert!(
+        out.stdout.contains("# shutdown budget: drain up to 2s, cut requests 500ms, child stop 2s, clean-up and exit 500ms = grace_period 5s"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run_to_exit(
+        &["--print-config"],
+        &[("LAMEDUCK_CHILD_STOP_TIMEOUT", "5s")],
+        Some(dir.path()),
+    );
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "lameduck: error: invalid value '5s' for --child-stop-timeout (from env \
+         LAMEDUCK_CHILD_STOP_TIMEOUT): does not fit in --grace-period 5s (cerebrium.toml \
+         response_grace_period) with lameduck's 1s exit margin; the largest \
+         --child-stop-timeout that fits is 4s"
+    );
+
+    toml("0");
+    let out = run_to_exit(&["--print-config"], &[], Some(dir.path()));
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(
+        out.stderr.starts_with(
+            "lameduck: error: cerebrium.toml: key `response_grace_period`: invalid value '0': "
+        ) && out.stderr.trim_end().lines().count() == 1,
+        "{}",
+        out.stderr
+    );
+}
+
 #[tokio::test]
 async fn a_config_file_works_and_a_flag_overrides_it() {
     let dir = TempDir::new("config-file");

@@ -160,6 +160,44 @@ async fn the_deadline_cuts_what_is_left_and_exits_1_before_the_grace_period_ends
     assert!(reply.header("retry-after").is_some());
 }
 
+/// The case, with the default child stop timeout (5 s) and a 3 s grace period: a
+/// request that never ends and a child that ignores SIGTERM used to keep lameduck 5.5 s past
+/// SIGTERM, 2.5 s after the platform's SIGKILL. The default now shrinks to fit (1 s for the child,
+/// 1 s of drain), and the whole shutdown ends inside the grace period.
+#[tokio::test]
+async fn a_stubborn_child_and_a_request_that_never_ends_still_exit_within_the_grace_period() {
+    let grace = Duration::from_secs(3);
+    let mut ld = Builder::with_backend()
+        .env("BACKEND_ON_TERM", "ignore")
+        .args(&["--grace-period", "3s"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let backend_pid: u32 = get(ld.port, "/pid").await.unwrap().body.parse().unwrap();
+    let stuck = tokio::spawn(get(ld.port, "/slow?ms=600000"));
+    wait_active(ld.port, 1).await;
+    ld.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    let status = ld.wait_exit(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status, 1, "{}", ld.log());
+    // Planned: 1 s of drain, up to 500 ms for the cut, 1 s for the child, then at most 500 ms to
+    // clean up and exit. The bound is the contract itself: the platform kills at 3 s.
+    assert!(
+        took >= Duration::from_millis(1900) && took < grace,
+        "SIGTERM to exit took {took:?}, grace period {grace:?}; log:\n{}",
+        ld.log()
+    );
+    let log = ld.log();
+    assert!(
+        log.contains("the child gets 1s, the drain up to 1s"),
+        "{log}"
+    );
+    assert!(log.contains("cut=1") && log.contains("SIGKILL"), "{log}");
+    assert!(!alive(backend_pid), "the stubborn child outlived lameduck");
+    let _ = stuck.await;
+}
+
 #[tokio::test]
 async fn a_second_signal_skips_the_rest_of_the_drain() {
     // Budget: 60s - 5s - 1s = 54s; the request would take 60 s.

@@ -41,6 +41,38 @@ fn invalid_values_exit_2_with_one_line_naming_the_option_and_value() {
         ),
         (&["--ready-path", "ready"], &[], &["--ready-path"]),
         (&["--no-such-flag"], &[], &["--no-such-flag"]),
+        // The shutdown must fit in the grace period (SPEC §8).
+        (
+            &["--grace-period", "0"],
+            &[],
+            &["--grace-period", "'0'", "1s"],
+        ),
+        (
+            &["--grace-period", "1s", "--child-stop-timeout", "5s"],
+            &[],
+            &[
+                "--child-stop-timeout",
+                "'5s'",
+                "--grace-period 1s",
+                "fits is 0s",
+            ],
+        ),
+        // Not a level: it would be read as a target that never logs (SPEC §8).
+        (
+            &["--log-level", "verbose"],
+            &[],
+            &["--log-level", "verbose"],
+        ),
+        (
+            &[],
+            &[("LAMEDUCK_LOG", "verbose")],
+            &["--log-level", "verbose", "LAMEDUCK_LOG"],
+        ),
+        (
+            &[],
+            &[("RUST_LOG", "info,verbose")],
+            &["RUST_LOG", "info,verbose"],
+        ),
     ];
     for (args, env, needles) in cases {
         let (code, _, stderr) = lameduck(args, env);

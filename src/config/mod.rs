@@ -178,7 +178,8 @@ pub struct LogConfig {
     #[arg(value_name = "FORMAT", default_value = "text", value_parser = parse::log_format)]
     pub format: LogFormat,
 
-    /// Log level or filter (trace, debug, info, warn, error); RUST_LOG is honoured too
+    /// Log level (trace, debug, info, warn, error, off) or filter (info,hyper=warn); RUST_LOG is
+    /// honoured too
     #[arg(
         id = "log_level",
         long = "log-level",
@@ -224,6 +225,19 @@ pub struct Upstream {
     pub authority: Authority,
     pub host: String,
     pub port: u16,
+}
+
+/// A value that lameduck will use otherwise than as given, or that needs a word of warning: for
+/// [`Config::describe_with`]. Found by whoever uses the option (the lifecycle fits the shutdown
+/// timings into the grace period); configuration itself draws no such conclusions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// The option's key, as in a `--config` file.
+    pub key: &'static str,
+    /// The value in effect, as a flag would give it, when it differs from the one given.
+    pub value: Option<String>,
+    /// Why, in one line.
+    pub note: String,
 }
 
 /// Why no [`Config`] could be built.
@@ -330,13 +344,27 @@ impl Config {
     /// The effective configuration as a TOML document usable with `--config`, each value
     /// annotated with its source.
     pub fn describe(&self) -> String {
+        self.describe_with(&[])
+    }
+
+    /// [`Config::describe`], with the values in `effective` replacing the ones given and their
+    /// notes after the source.
+    pub fn describe_with(&self, effective: &[Effective]) -> String {
         let mut out = String::from("# lameduck: effective configuration\n");
         for resolved in &self.sources {
-            let line = match &resolved.value {
+            let adjusted = effective.iter().find(|e| e.key == resolved.key);
+            let value = adjusted
+                .and_then(|e| e.value.as_ref())
+                .or(resolved.value.as_ref());
+            let line = match value {
                 Some(value) => format!("{} = {}", resolved.key, toml_literal(value)),
                 None => format!("# {} (unset)", resolved.key),
             };
-            out.push_str(&format!("{line:<44} # {}\n", resolved.source));
+            let mut comment = resolved.source.to_string();
+            if let Some(adjusted) = adjusted {
+                comment = format!("{comment}; {}", adjusted.note);
+            }
+            out.push_str(&format!("{line:<44} # {comment}\n"));
         }
         match &self.command {
             Some(command) => {
@@ -349,6 +377,33 @@ impl Config {
             None => out.push_str("# command: none (fronting an already-running backend)\n"),
         }
         out
+    }
+
+    /// Whether `key` was left at its default by every layer.
+    pub fn is_default(&self, key: &str) -> bool {
+        self.resolved(key)
+            .is_none_or(|resolved| resolved.source == Source::Default)
+    }
+
+    /// Where `key`'s value came from, for messages: `flag`, `env LAMEDUCK_...`, `default`, ...
+    pub fn origin(&self, key: &str) -> String {
+        self.resolved(key)
+            .map_or_else(|| Source::Default.to_string(), |r| r.source.to_string())
+    }
+
+    /// The one line refusing `key`'s value, given as it was and named by its source as every
+    /// invalid value is, for a check that needs more than the option's own parser (one option
+    /// against another).
+    pub fn reject(&self, key: &str, reason: &str) -> ConfigError {
+        let (value, source) = match self.resolved(key) {
+            Some(resolved) => (resolved.value.as_deref().unwrap_or(""), &resolved.source),
+            None => ("", &Source::Default),
+        };
+        source::invalid(key, value, source, reason)
+    }
+
+    fn resolved(&self, key: &str) -> Option<&Resolved> {
+        self.sources.iter().find(|r| r.key == key)
     }
 
     /// The options that came from a cerebrium.toml, for the startup log.

@@ -85,15 +85,40 @@ pub(super) fn log_format(value: &str) -> Result<LogFormat, String> {
     }
 }
 
-/// A level or a `RUST_LOG`-style filter, kept as text: `main` builds the filter from it, once
-/// this has shown that it parses.
+/// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or a `RUST_LOG`-style list of
+/// directives (`info,hyper=warn`), kept as text: `main` builds the filter from it.
+///
+/// Every directive must name its level. tracing reads a bare word as a target enabled at every
+/// level, so a misspelt level (`verbose`, `warning`) would be taken as the name of a target that
+/// never logs, and lameduck would run with all logging silently off; that is refused instead
+/// (`myapp=trace` still enables one target at every level).
 pub(super) fn log_filter(value: &str) -> Result<String, String> {
+    const EXPECTED: &str = "expected a level (trace, debug, info, warn, error, off) or \
+                            comma-separated directives each naming one, such as info,hyper=warn";
+    let mut directives = value
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .peekable();
+    if directives.peek().is_none() {
+        return Err(EXPECTED.to_string());
+    }
+    for directive in directives {
+        // The level follows the last `=`: one inside a span's field filter
+        // (`target[span{field=value}]`) leaves brackets after it, which no level holds.
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        let is_level =
+            !level.is_empty() && level.parse::<tracing::level_filters::LevelFilter>().is_ok();
+        if !is_level {
+            return Err(EXPECTED.to_string());
+        }
+    }
     tracing_subscriber::EnvFilter::builder()
         .parse(value)
         .map(|_| value.to_string())
-        .map_err(|_| {
-            "expected a level (trace, debug, info, warn, error) or a RUST_LOG filter".to_string()
-        })
+        .map_err(|_| EXPECTED.to_string())
 }
 
 /// `http://HOST[:PORT]`, nothing else: lameduck speaks plain HTTP to a backend next to it.
@@ -190,6 +215,41 @@ mod tests {
     #[test]
     fn log_filters_are_checked_but_kept_as_written() {
         assert_eq!(log_filter("info,hyper=warn"), Ok("info,hyper=warn".into()));
-        assert!(log_filter("info,x=notalevel").is_err());
+        for good in [
+            "trace",
+            "debug",
+            "info",
+            "warn",
+            "error",
+            "off",
+            "WARN",
+            "3",
+            "info,",
+            "lameduck=debug",
+            "lameduck::child=trace,warn",
+            "x[conn{peer=1}]=debug",
+        ] {
+            assert_eq!(log_filter(good), Ok(good.to_string()), "{good}");
+        }
+    }
+
+    /// A bare word is a target to tracing: `verbose` would enable a target that never logs.
+    #[test]
+    fn every_log_directive_must_name_a_level() {
+        for bad in [
+            "verbose",
+            "warning",
+            "info,verbose",
+            "lameduck",
+            "x=",
+            "x=loud",
+            "",
+            ",",
+            "x[conn{peer=1}]",
+            "info,x=notalevel",
+        ] {
+            let reason = log_filter(bad).unwrap_err();
+            assert!(reason.starts_with("expected a level"), "{bad}: {reason}");
+        }
     }
 }

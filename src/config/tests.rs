@@ -113,6 +113,39 @@ fn print_config_without_layers_shows_the_tables_defaults() {
     );
 }
 
+/// What a user of the configuration fitted (the lifecycle's budget) replaces the value given in
+/// `--print-config`, its reason after the source; the output stays a valid config file.
+#[test]
+fn print_config_shows_values_in_effect_with_their_reason() {
+    let config = parse(&["--cerebrium-toml", "/dev/null", "--grace-period", "5s"]).unwrap();
+    assert!(config.is_default("child_stop_timeout") && !config.is_default("grace_period"));
+    assert_eq!(config.origin("grace_period"), "flag");
+    let text = config.describe_with(&[Effective {
+        key: "child_stop_timeout",
+        value: Some("2s".into()),
+        note: "fitted".into(),
+    }]);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("child_stop_timeout "))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>().join(" "),
+        "child_stop_timeout = \"2s\" # default; fitted"
+    );
+    let reparsed = text.parse::<toml::Table>().unwrap();
+    assert_eq!(reparsed["child_stop_timeout"].as_str(), Some("2s"));
+    match config.reject("grace_period", "too short") {
+        ConfigError::Invalid(line) => {
+            assert_eq!(
+                line,
+                "error: invalid value '5s' for --grace-period: too short"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn command_follows_the_double_dash() {
     let config = parse(&["--port", "9", "--", "python3", "-m", "http.server"]).unwrap();
@@ -189,6 +222,33 @@ fn rejected_flag_and_env_values_are_reported_in_lameducks_words() {
     assert_eq!(
         with_env(&["--port", "70000"]),
         "error: invalid value '70000' for --port: expected a port number (0-65535)"
+    );
+}
+
+/// A misspelt level is refused, not taken as a target that never logs (all logging silently off).
+#[test]
+fn a_log_level_that_is_no_level_is_refused_in_every_layer() {
+    const EXPECTED: &str = "expected a level (trace, debug, info, warn, error, off) or \
+                            comma-separated directives each naming one, such as info,hyper=warn";
+    assert_eq!(
+        invalid(&["--log-level", "verbose"]),
+        format!("error: invalid value 'verbose' for --log-level: {EXPECTED}")
+    );
+    let dir = TempDir::new();
+    let path = dir.file("log.toml", "log_level = \"info,verbose\"\n");
+    assert_eq!(
+        invalid(&["--config", arg(&path)]),
+        format!(
+            "error: config file {}: key `log_level`: invalid value 'info,verbose': {EXPECTED}",
+            path.display()
+        )
+    );
+    assert_eq!(
+        parse(&["--log-level", "lameduck=debug,warn"])
+            .unwrap()
+            .log
+            .filter,
+        "lameduck=debug,warn"
     );
 }
 

@@ -291,6 +291,7 @@ pub struct Builder {
     upstream_port: u16,
     port: PortChoice,
     dir: Option<PathBuf>,
+    soft_open_files: Option<u64>,
 }
 
 impl Builder {
@@ -303,6 +304,7 @@ impl Builder {
             upstream_port: backend_port(),
             port: PortChoice::Zero,
             dir: None,
+            soft_open_files: None,
         }
     }
 
@@ -315,6 +317,7 @@ impl Builder {
             upstream_port,
             port: PortChoice::Zero,
             dir: None,
+            soft_open_files: None,
         }
     }
 
@@ -349,6 +352,13 @@ impl Builder {
         self
     }
 
+    /// Start lameduck with this soft open-file limit (through `sh`'s `ulimit`, which then `exec`s
+    /// lameduck: same pid).
+    pub fn soft_open_files(mut self, limit: u64) -> Builder {
+        self.soft_open_files = Some(limit);
+        self
+    }
+
     /// Run lameduck in this working directory.
     pub fn current_dir(mut self, dir: &Path) -> Builder {
         self.dir = Some(dir.to_path_buf());
@@ -361,7 +371,16 @@ impl Builder {
     pub async fn spawn(self) -> Lameduck {
         let dir = TempDir::new("lameduck");
         let log = dir.join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lameduck"));
+        let mut cmd = match self.soft_open_files {
+            None => Command::new(env!("CARGO_BIN_EXE_lameduck")),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -S -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_lameduck"));
+                sh
+            }
+        };
         isolate(&mut cmd);
         match self.port {
             PortChoice::Zero => {
@@ -784,6 +803,31 @@ pub fn peak_rss_kib(pid: Pid) -> u64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// The soft and hard open-file limits of a process, from /proc/PID/limits.
+pub fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/limits: {e}"));
+    let line = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in {limits}"));
+    let mut numbers = line.split_whitespace().map(|n| n.parse().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// The process group of a process, from /proc/PID/stat (the field after the parent's pid).
+pub fn process_group(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Whether a process exists (and is not a zombie).
