@@ -1,0 +1,927 @@
+//! A client connection below HTTP: which protocol it speaks, when hyper is waiting for one of
+//! its request heads, how long it has been idle, and the answers lameduck writes itself where
+//! hyper has no rule or no JSON body (408, 414, 431, and some 400s).
+//!
+//! - [`detect`] reads the first bytes: the HTTP/2 preface, or HTTP/1.
+//! - [`EdgeIo`] is the socket as hyper sees it. While hyper waits for an HTTP/1 request head, it
+//!   scans the head's bytes on their way to hyper ([`HeadScan`]) and refuses a head that breaks
+//!   a rule before hyper has seen all of it; and it carries out what the timers decide.
+//! - [`HeadTimer`] is the timer hyper's HTTP/1 server uses for its header read timeout, and the
+//!   way lameduck learns exactly when hyper starts and stops waiting for a request head: hyper
+//!   asks it for a sleep when it starts reading a head (on a new connection, and after every
+//!   response on a kept-alive one) and drops the sleep once the head is parsed. That window is
+//!   where the header read timeout and the idle timeout apply, and nowhere else: never while a
+//!   request body is read or a response written, never once the connection is upgraded.
+//! - [`Activity`] is what these share with the connection's task: the window, the requests in
+//!   progress, and whether a response is waiting for the client to accept data.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use super::Limits;
+use crate::headers::{self, ClientError, MAX_HEADERS, REQUEST_LINE_MAX};
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// After lameduck's own answer, how long the client's remaining bytes are read and dropped before
+/// the socket closes, and how many at most: closing with unread bytes would send a reset, which
+/// can destroy the answer before the client has read it (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_MAX: usize = 1024 * 1024;
+
+/// The protocol a new connection speaks, and the bytes read to find out (the start of its first
+/// HTTP/1 head, or the HTTP/2 preface), which hyper must still read. `None`: the client closed
+/// without sending anything.
+pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
+    let mut read = BytesMut::with_capacity(H2_PREFACE.len());
+    while read.len() < H2_PREFACE.len() {
+        if stream.read_buf(&mut read).await? == 0 {
+            break;
+        }
+        if !H2_PREFACE.starts_with(&read) {
+            return Ok(Some((false, read.freeze())));
+        }
+    }
+    if read.is_empty() {
+        return Ok(None);
+    }
+    let http2 = read.as_ref() == H2_PREFACE;
+    Ok(Some((http2, read.freeze())))
+}
+
+/// What the socket must do at its next read, instead of reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    /// End the connection quietly: an idle keep-alive connection.
+    Close,
+    /// Answer with this error's 4xx and close.
+    Answer(ClientError),
+}
+
+/// Why the connection's task must act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// No request in progress for `--idle-timeout` (HTTP/2; HTTP/1 idles in a head window).
+    Idle,
+    /// A response has waited `--idle-timeout` for the client to accept data.
+    Stalled,
+}
+
+/// What a connection's socket, its head timer, its responses and its task share.
+#[derive(Debug)]
+pub(super) struct Activity {
+    limits: Limits,
+    accepted: Instant,
+    state: Mutex<State>,
+    /// Wakes the connection's task when a deadline may have appeared or moved.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The head window hyper is in, if any: it is waiting for an HTTP/1 request head.
+    window: Option<Window>,
+    /// Windows opened so far; the first is the connection's first request.
+    windows: u64,
+    action: Option<Action>,
+    /// Requests in progress: from hyper's call of the service to the end of the response body.
+    requests: usize,
+    /// Since when no request has been in progress.
+    idle_since: Instant,
+    /// Response bodies that handed hyper a frame and have not been asked for the next one yet:
+    /// they wait for the client to accept data.
+    waiting_on_client: usize,
+    /// When hyper last asked a response body for more.
+    last_progress: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    id: u64,
+    opened: Instant,
+    /// When the head's first byte arrived.
+    head_started: Option<Instant>,
+}
+
+impl Activity {
+    pub(super) fn new(limits: Limits, accepted: Instant) -> Arc<Activity> {
+        Arc::new(Activity {
+            limits,
+            accepted,
+            state: Mutex::new(State {
+                window: None,
+                windows: 0,
+                action: None,
+                requests: 0,
+                idle_since: accepted,
+                waiting_on_client: 0,
+                last_progress: accepted,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this module; the state stays usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves when a deadline of [`Activity::deadline`] may have appeared or moved.
+    pub(super) async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// The next deadline the connection's task enforces, and what it means.
+    pub(super) fn deadline(&self, http2: bool) -> Option<(Instant, Expiry)> {
+        let state = self.state();
+        if state.waiting_on_client > 0 {
+            Some((
+                state.last_progress + self.limits.idle_timeout,
+                Expiry::Stalled,
+            ))
+        } else if http2 && state.requests == 0 {
+            Some((state.idle_since + self.limits.idle_timeout, Expiry::Idle))
+        } else {
+            None
+        }
+    }
+
+    /// A request has reached the service: counted until its response body ends or is dropped.
+    pub(super) fn request(self: &Arc<Self>) -> RequestGuard {
+        self.state().requests += 1;
+        self.changed.notify_one();
+        RequestGuard {
+            activity: Arc::clone(self),
+            waiting: false,
+        }
+    }
+
+    fn open_window(&self) -> u64 {
+        let mut state = self.state();
+        state.windows += 1;
+        let id = state.windows;
+        state.window = Some(Window {
+            id,
+            opened: Instant::now(),
+            head_started: None,
+        });
+        id
+    }
+
+    fn close_window(&self, id: u64) {
+        let mut state = self.state();
+        if state.window.is_some_and(|window| window.id == id) {
+            state.window = None;
+            // What the window decided applies to it alone.
+            state.action = None;
+        }
+    }
+
+    /// The open head window, and whether it is the connection's first; notes that the head has
+    /// started (the caller has just read some of it).
+    fn head_bytes_arrived(&self) -> Option<(u64, bool)> {
+        let mut state = self.state();
+        let window = state.window.as_mut()?;
+        window.head_started.get_or_insert_with(Instant::now);
+        Some((window.id, window.id == 1))
+    }
+
+    /// When window `id` ends, and how: a head not complete by then is answered 408 (counted from
+    /// the connection's start for its first request, from the head's first byte after that); a
+    /// kept-alive connection whose next head has not started is closed after the idle timeout.
+    fn head_deadline(&self, id: u64) -> Option<(Instant, Action)> {
+        let state = self.state();
+        let window = state.window.filter(|window| window.id == id)?;
+        let timeout = Action::Answer(ClientError::HeadTimeout);
+        Some(match window.head_started {
+            _ if id == 1 => (self.accepted + self.limits.header_read_timeout, timeout),
+            Some(started) => (started + self.limits.header_read_timeout, timeout),
+            None => (window.opened + self.limits.idle_timeout, Action::Close),
+        })
+    }
+
+    fn set_action(&self, action: Action) {
+        self.state().action.get_or_insert(action);
+    }
+
+    fn take_action(&self) -> Option<Action> {
+        self.state().action.take()
+    }
+}
+
+/// One request in progress (see [`Activity::request`]), and whether its response body waits for
+/// the client.
+#[derive(Debug)]
+pub(super) struct RequestGuard {
+    activity: Arc<Activity>,
+    waiting: bool,
+}
+
+impl RequestGuard {
+    /// hyper asks the response body for its next frame: the client has accepted the last one.
+    pub(super) fn asked(&mut self) {
+        let mut state = self.activity.state();
+        state.last_progress = Instant::now();
+        if std::mem::take(&mut self.waiting) {
+            state.waiting_on_client -= 1;
+        }
+    }
+
+    /// The response body handed hyper a frame: until hyper asks for the next one, it waits for
+    /// the client.
+    pub(super) fn handed(&mut self) {
+        let mut state = self.activity.state();
+        self.waiting = true;
+        state.waiting_on_client += 1;
+        if state.waiting_on_client == 1 {
+            self.activity.changed.notify_one();
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let mut state = self.activity.state();
+        if self.waiting {
+            state.waiting_on_client -= 1;
+        }
+        state.requests -= 1;
+        if state.requests == 0 {
+            state.idle_since = Instant::now();
+            self.activity.changed.notify_one();
+        }
+    }
+}
+
+/// The timer of one HTTP/1 connection's hyper server: see the module's doc. hyper's HTTP/1
+/// server uses its timer for the header read timeout only, so every sleep it asks for opens a
+/// head window.
+#[derive(Debug, Clone)]
+pub(super) struct HeadTimer(pub(super) Arc<Activity>);
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, _: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeadWait::open(&self.0))
+    }
+
+    fn sleep_until(&self, _: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeadWait::open(&self.0))
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, _: Instant) {
+        *sleep = Box::pin(HeadWait::open(&self.0));
+    }
+}
+
+/// One head window: open from hyper's request for a sleep until hyper drops it. It never
+/// completes: when its deadline passes it has the socket answer 408 (or close an idle
+/// connection) at hyper's next read, and hyper sees the connection end like any other.
+#[derive(Debug)]
+struct HeadWait {
+    activity: Arc<Activity>,
+    id: u64,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    fired: bool,
+}
+
+impl HeadWait {
+    fn open(activity: &Arc<Activity>) -> HeadWait {
+        let id = activity.open_window();
+        HeadWait {
+            activity: Arc::clone(activity),
+            id,
+            sleep: Box::pin(tokio::time::sleep(activity.limits.idle_timeout)),
+            fired: false,
+        }
+    }
+}
+
+impl Future for HeadWait {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.fired {
+            return Poll::Pending;
+        }
+        let Some((deadline, action)) = this.activity.head_deadline(this.id) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        this.fired = true;
+        if let Action::Answer(err) = action {
+            debug!(code = err.code(), "request head not complete in time");
+        } else {
+            debug!("idle keep-alive connection closed");
+        }
+        this.activity.set_action(action);
+        // hyper reads again, and the socket acts.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl hyper::rt::Sleep for HeadWait {}
+
+impl Drop for HeadWait {
+    fn drop(&mut self) {
+        self.activity.close_window(self.id);
+    }
+}
+
+/// The rules checked on a request head's raw bytes, as they reach hyper: those hyper's parser
+/// cannot express (the request line's own limit, `Content-Length` beside `Transfer-Encoding`,
+/// which hyper resolves by itself, a repeated `Content-Length`) and those it answers without a
+/// JSON body (size, header count, control characters, obs-fold, a `Content-Length` that is not a
+/// number, a transfer coding other than `chunked`).
+///
+/// A scan starts with the window, which is at the head's first byte unless hyper already holds
+/// part of the head (a client that pipelines); then it starts mid-head, undercounts, and may
+/// take a header line's tail for the first line. Every rule is written so that this can only
+/// let a request through to hyper's own checks, never refuse a good one: the first line is
+/// never read as a header, and an empty line always ends the scan.
+#[derive(Debug, Default)]
+struct HeadScan {
+    window: u64,
+    /// The connection's first head: the scan starts at its first byte for sure.
+    first: bool,
+    len: usize,
+    /// Lines complete so far; line 0 is the request line.
+    lines: usize,
+    /// Bytes of the current line so far, CR included.
+    line_len: usize,
+    /// The current line's first bytes, lower case: enough to recognise the framing headers.
+    name: [u8; 18],
+    after_cr: bool,
+    /// The current line's value, if it is a framing header's.
+    framing: Framing,
+    content_length: bool,
+    transfer_encoding: bool,
+    done: bool,
+}
+
+/// The value of a framing header, read as it arrives.
+#[derive(Debug, Default)]
+enum Framing {
+    #[default]
+    Other,
+    /// `Content-Length`: one number, with optional whitespace around it.
+    Length {
+        digits: usize,
+        ended: bool,
+        bad: bool,
+    },
+    /// `Transfer-Encoding`: the value's first bytes, enough to tell `chunked` alone.
+    Coding { value: [u8; 24], len: usize },
+}
+
+const CONTENT_LENGTH: &[u8] = b"content-length:";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
+
+impl Framing {
+    fn push(&mut self, byte: u8) {
+        match self {
+            Framing::Other => {}
+            Framing::Length { digits, ended, bad } => match byte {
+                b'0'..=b'9' if !*ended => *digits += 1,
+                b' ' | b'\t' | b'\r' => *ended |= *digits > 0,
+                _ => *bad = true,
+            },
+            Framing::Coding { value, len } => {
+                if let Some(slot) = value.get_mut(*len) {
+                    *slot = byte;
+                }
+                *len += 1;
+            }
+        }
+    }
+
+    /// Checks the complete value of one framing header line.
+    fn check(&self) -> Result<(), ClientError> {
+        match self {
+            Framing::Other => Ok(()),
+            // 19 digits: u64's range; hyper refuses more.
+            Framing::Length { digits, bad, .. } if *bad || *digits == 0 || *digits > 19 => {
+                Err(ClientError::InvalidContentLength)
+            }
+            Framing::Length { .. } => Ok(()),
+            Framing::Coding { value, len } => {
+                let value = value
+                    .get(..*len)
+                    .ok_or(ClientError::UnsupportedTransferCoding)?;
+                if headers::is_chunked_alone(value) {
+                    Ok(())
+                } else {
+                    Err(ClientError::UnsupportedTransferCoding)
+                }
+            }
+        }
+    }
+}
+
+impl HeadScan {
+    fn new(window: u64, first: bool) -> HeadScan {
+        HeadScan {
+            window,
+            first,
+            ..HeadScan::default()
+        }
+    }
+
+    /// Scans the next bytes of the head (bytes after its end are not looked at).
+    fn feed(&mut self, bytes: &[u8], max_size: usize) -> Result<(), ClientError> {
+        for &byte in bytes {
+            if self.done {
+                break;
+            }
+            self.len += 1;
+            if byte == b'\n' {
+                self.end_line()?;
+            } else {
+                if is_forbidden_control(byte) {
+                    return Err(ClientError::ControlCharacter);
+                }
+                if self.line_len == 0 && self.lines > 0 && (byte == b' ' || byte == b'\t') {
+                    return Err(ClientError::LineFolding);
+                }
+                if let Some(slot) = self.name.get_mut(self.line_len) {
+                    *slot = byte.to_ascii_lowercase();
+                }
+                self.framing.push(byte);
+                self.line_len += 1;
+                if self.lines > 0 {
+                    self.recognise_framing();
+                }
+                self.after_cr = byte == b'\r';
+                // With its LF to come.
+                if self.lines == 0 && self.line_len + 1 > REQUEST_LINE_MAX {
+                    return Err(ClientError::RequestLineTooLong);
+                }
+            }
+            // An unfinished head of `max_size` bytes is over the limit with its last byte.
+            if self.len > max_size || (!self.done && self.len == max_size) {
+                return Err(ClientError::HeadTooLarge);
+            }
+        }
+        Ok(())
+    }
+
+    /// Right after a header line's name and colon: whether its value, from the next byte on, is
+    /// a framing header's.
+    fn recognise_framing(&mut self) {
+        let Some(name) = self.name.get(..self.line_len) else {
+            return;
+        };
+        if name == CONTENT_LENGTH {
+            self.framing = Framing::Length {
+                digits: 0,
+                ended: false,
+                bad: false,
+            };
+        } else if name == TRANSFER_ENCODING {
+            self.framing = Framing::Coding {
+                value: [0; 24],
+                len: 0,
+            };
+        }
+    }
+
+    fn end_line(&mut self) -> Result<(), ClientError> {
+        let content = self.line_len - usize::from(self.after_cr);
+        let header = self.lines > 0;
+        let framing = std::mem::take(&mut self.framing);
+        self.line_len = 0;
+        self.after_cr = false;
+        if content == 0 {
+            if self.first && self.lines == 0 {
+                // Empty lines before the request line: parsers skip them (RFC 9112 §2.2).
+                return Ok(());
+            }
+            self.done = true;
+            if self.content_length && self.transfer_encoding {
+                return Err(ClientError::LengthAndTransferEncoding);
+            }
+            return Ok(());
+        }
+        if header {
+            framing.check()?;
+            match framing {
+                Framing::Length { .. } if self.content_length => {
+                    return Err(ClientError::DuplicateContentLength)
+                }
+                Framing::Length { .. } => self.content_length = true,
+                // `chunked` twice is a coding other than `chunked` alone.
+                Framing::Coding { .. } if self.transfer_encoding => {
+                    return Err(ClientError::UnsupportedTransferCoding)
+                }
+                Framing::Coding { .. } => self.transfer_encoding = true,
+                Framing::Other => {}
+            }
+            if self.lines > MAX_HEADERS {
+                return Err(ClientError::TooManyHeaders);
+            }
+        }
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+/// Control characters have no place anywhere in an HTTP/1 head (RFC 9110 §5.5, RFC 9112 §3);
+/// HTAB separates, CR and LF end lines.
+fn is_forbidden_control(byte: u8) -> bool {
+    (byte < 0x20 && byte != b'\t' && byte != b'\r') || byte == 0x7f
+}
+
+/// lameduck's own answer to a head it refuses, as raw HTTP/1.1: the status, the JSON body, and
+/// `Connection: close`.
+fn answer_bytes(err: ClientError) -> Bytes {
+    let status = err.status();
+    let body = err.body();
+    Bytes::from(format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\ncache-control: no-store\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    ))
+}
+
+/// The end of a connection that lameduck decided: its answer (none for a quiet close), written,
+/// then the linger.
+#[derive(Debug)]
+struct Ending {
+    answer: Bytes,
+    written: usize,
+    shut: bool,
+    drained: usize,
+    linger: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+/// A client's socket as hyper sees it: see the module's doc.
+#[derive(Debug)]
+pub(super) struct EdgeIo {
+    stream: TcpStream,
+    /// Bytes [`detect`] read, for hyper to read first.
+    prefix: Bytes,
+    activity: Arc<Activity>,
+    scan: HeadScan,
+    ending: Option<Ending>,
+    /// hyper has written bytes it has not flushed: an answer of lameduck's must not go beside
+    /// them.
+    unflushed: bool,
+}
+
+impl EdgeIo {
+    pub(super) fn new(stream: TcpStream, prefix: Bytes, activity: Arc<Activity>) -> EdgeIo {
+        EdgeIo {
+            stream,
+            prefix,
+            activity,
+            scan: HeadScan::default(),
+            ending: None,
+            unflushed: false,
+        }
+    }
+
+    /// Answers `err` on a connection no hyper has taken over yet, and closes it.
+    pub(super) async fn answer(stream: TcpStream, activity: Arc<Activity>, err: ClientError) {
+        let mut io = EdgeIo::new(stream, Bytes::new(), activity);
+        io.end(Action::Answer(err));
+        // Reads nothing: drives the ending to its close.
+        let _ = io.read(&mut [0u8; 1]).await;
+    }
+
+    fn end(&mut self, action: Action) {
+        let answer = match action {
+            Action::Answer(err) if !self.unflushed => {
+                debug!(code = err.code(), error = %err, "request refused");
+                answer_bytes(err)
+            }
+            _ => Bytes::new(),
+        };
+        self.ending = Some(Ending {
+            answer,
+            written: 0,
+            shut: false,
+            drained: 0,
+            linger: Box::pin(tokio::time::sleep(LINGER)),
+            done: false,
+        });
+    }
+
+    /// Writes the answer, shuts the write side, and reads what the client still sends until it
+    /// closes too (or [`LINGER`]); then reads end, for hyper, as if the client had closed.
+    fn poll_ending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(ending) = self.ending.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        if ending.done || ending.answer.is_empty() || ending.linger.as_mut().poll(cx).is_ready() {
+            ending.done = true;
+            return Poll::Ready(Ok(()));
+        }
+        let stream = Pin::new(&mut self.stream);
+        let finished = poll_ending_io(ending, stream, cx);
+        if finished.is_ready() {
+            ending.done = true;
+        }
+        finished
+    }
+}
+
+fn poll_ending_io(
+    ending: &mut Ending,
+    mut stream: Pin<&mut TcpStream>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while ending.written < ending.answer.len() {
+        match ready!(stream
+            .as_mut()
+            .poll_write(cx, &ending.answer[ending.written..]))
+        {
+            Ok(n) if n > 0 => ending.written += n,
+            _ => return Poll::Ready(Ok(())),
+        }
+    }
+    if !ending.shut {
+        // Whatever the outcome, the answer is out or never will be.
+        let _ = ready!(stream.as_mut().poll_shutdown(cx));
+        ending.shut = true;
+    }
+    let mut scratch = [0u8; 4096];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match ready!(stream.as_mut().poll_read(cx, &mut buf)) {
+            Ok(()) if !buf.filled().is_empty() && ending.drained < LINGER_MAX => {
+                ending.drained += buf.filled().len();
+            }
+            _ => return Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for EdgeIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.ending.is_some() {
+                return this.poll_ending(cx);
+            }
+            if let Some(action) = this.activity.take_action() {
+                this.end(action);
+                continue;
+            }
+            let before = buf.filled().len();
+            if this.prefix.is_empty() {
+                ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+            } else {
+                let n = this.prefix.len().min(buf.remaining());
+                buf.put_slice(&this.prefix.split_to(n));
+            }
+            let arrived = &buf.filled()[before..];
+            if arrived.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let Some((window, first)) = this.activity.head_bytes_arrived() else {
+                return Poll::Ready(Ok(()));
+            };
+            if this.scan.window != window {
+                this.scan = HeadScan::new(window, first);
+            }
+            match this
+                .scan
+                .feed(arrived, this.activity.limits.max_header_size)
+            {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(err) => {
+                    // hyper never sees these bytes: the head it holds stays incomplete.
+                    buf.set_filled(before);
+                    this.end(Action::Answer(err));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for EdgeIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.ending.is_some() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        this.unflushed |= written > 0;
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.ending.is_some() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let written = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
+        this.unflushed |= written > 0;
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        this.unflushed = false;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.ending.as_ref().is_some_and(|ending| ending.shut) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 32 * 1024;
+
+    fn scan(head: &[u8]) -> Result<HeadScan, ClientError> {
+        let mut scan = HeadScan::new(1, true);
+        scan.feed(head, MAX)?;
+        Ok(scan)
+    }
+
+    /// Every split of `head` into two reads gives the same verdict as one read.
+    fn verdict(head: &[u8]) -> Result<(), ClientError> {
+        let whole = scan(head).map(|_| ());
+        for at in 0..head.len() {
+            let mut split = HeadScan::new(1, true);
+            let result = split
+                .feed(&head[..at], MAX)
+                .and_then(|()| split.feed(&head[at..], MAX));
+            assert_eq!(result, whole, "split at {at}");
+        }
+        whole
+    }
+
+    #[test]
+    fn good_heads_pass_and_the_scan_stops_at_their_end() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n\x01\x02\x03";
+        assert_eq!(verdict(head), Ok(()));
+        assert!(scan(head).unwrap().done);
+        let head =
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length:\t12 \r\nX-Content-Length: x\r\n\r\n";
+        assert_eq!(verdict(head), Ok(()));
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked\r\n\r\n";
+        assert_eq!(verdict(head), Ok(()));
+        // Bare LF line ends, and empty lines before the request line.
+        assert_eq!(verdict(b"\r\n\nGET / HTTP/1.1\nHost: a\n\n"), Ok(()));
+        // obs-text and HTAB are allowed in values.
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nX: caf\xc3\xa9\tok\r\n\r\n"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn broken_rules_are_refused_with_their_code() {
+        use ClientError::*;
+        let cases: [(&[u8], ClientError); 14] = [
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3a\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3 4\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+                InvalidContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                DuplicateContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                UnsupportedTransferCoding,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                UnsupportedTransferCoding,
+            ),
+            (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", ControlCharacter),
+            (b"GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n", ControlCharacter),
+            (b"GET /\x00 HTTP/1.1\r\n\r\n", ControlCharacter),
+            (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", LineFolding),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                LengthAndTransferEncoding,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\ncontent-length: 3\r\n\r\n",
+                LengthAndTransferEncoding,
+            ),
+        ];
+        for (head, err) in cases {
+            assert_eq!(verdict(head), Err(err), "{}", head.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn limits_fall_exactly_where_documented() {
+        // A request line of 8 KiB exactly, CRLF included, fits; one byte more does not.
+        let line = |len: usize| {
+            let target = "a".repeat(len - "GET / HTTP/1.1\r\n".len());
+            format!("GET /{target} HTTP/1.1\r\nHost: a\r\n\r\n")
+        };
+        assert_eq!(scan(line(REQUEST_LINE_MAX).as_bytes()).map(|_| ()), Ok(()));
+        assert_eq!(
+            scan(line(REQUEST_LINE_MAX + 1).as_bytes()).map(|_| ()),
+            Err(ClientError::RequestLineTooLong)
+        );
+        // A head of MAX bytes exactly fits; one more does not, whether complete or not.
+        let head = |len: usize| {
+            let filler = "a".repeat(len - "GET / HTTP/1.1\r\nX: \r\n\r\n".len());
+            format!("GET / HTTP/1.1\r\nX: {filler}\r\n\r\n")
+        };
+        assert_eq!(scan(head(MAX).as_bytes()).map(|_| ()), Ok(()));
+        assert_eq!(
+            scan(head(MAX + 1).as_bytes()).map(|_| ()),
+            Err(ClientError::HeadTooLarge)
+        );
+        let unfinished = &head(MAX + 1).into_bytes()[..MAX];
+        assert_eq!(scan(unfinished).map(|_| ()), Err(ClientError::HeadTooLarge));
+        // 100 header fields fit, 101 do not.
+        let fields = |n: usize| {
+            let lines: String = (0..n).map(|i| format!("X-{i}: v\r\n")).collect();
+            format!("GET / HTTP/1.1\r\n{lines}\r\n")
+        };
+        assert_eq!(scan(fields(MAX_HEADERS).as_bytes()).map(|_| ()), Ok(()));
+        assert_eq!(
+            scan(fields(MAX_HEADERS + 1).as_bytes()).map(|_| ()),
+            Err(ClientError::TooManyHeaders)
+        );
+    }
+
+    /// A scan that starts mid-head (hyper already held the head's start) never refuses what a
+    /// scan from the start would let through.
+    #[test]
+    fn a_scan_starting_mid_head_refuses_nothing_more() {
+        let heads: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nX: \" b\"\r\nContent-Length: 3\r\n\r\n   ",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ];
+        for head in heads {
+            assert_eq!(verdict(head), Ok(()));
+            for at in 1..head.len() {
+                let mut late = HeadScan::new(2, false);
+                assert_eq!(late.feed(&head[at..], MAX), Ok(()), "from {at}");
+            }
+        }
+    }
+}
