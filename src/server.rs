@@ -33,7 +33,7 @@ use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::admission::Gauge;
 use crate::backend::Affinity;
@@ -287,7 +287,7 @@ async fn connection(
             }
         }
     });
-    let io = TokioIo::new(EdgeIo::new(stream, prefix, Arc::clone(&activity)));
+    let io = TokioIo::new(EdgeIo::new(stream, prefix, Arc::clone(&activity), http2));
     let mut conn = if http2 {
         Serving::Http2(Box::pin(protocols.http2.serve_connection(io, service)))
     } else {
@@ -327,6 +327,7 @@ async fn connection(
                 match expiry {
                     Expiry::Stalled => debug!(%remote, "the client accepts no response data; closing"),
                     Expiry::Idle => debug!(%remote, "idle connection; closing"),
+                    Expiry::Flood => info!(%remote, "HTTP/2 control frame flood; closing the connection"),
                 }
                 if !http2 {
                     // The client does not read: nothing graceful would reach it.

@@ -12,8 +12,12 @@
 //!   response on a kept-alive one) and drops the sleep once the head is parsed. That window is
 //!   where the header read timeout and the idle timeout apply, and nowhere else: never while a
 //!   request body is read or a response written, never once the connection is upgraded.
+//! - On an HTTP/2 connection, [`EdgeIo`] counts the control frames that cost lameduck an answer
+//!   each (PING, SETTINGS: [`ControlFrames`]); a client that sends them faster than any client
+//!   needs is told to go away (hyper's h2 already answers one at a time, so a flood costs no
+//!   memory; this ends it).
 //! - [`Activity`] is what these share with the connection's task: the window, the requests in
-//!   progress, and whether a response is waiting for the client to accept data.
+//!   progress, whether a response is waiting for the client to accept data, and a flood.
 
 use std::future::Future;
 use std::io;
@@ -76,6 +80,8 @@ pub(super) enum Expiry {
     Idle,
     /// A response has waited `--idle-timeout` for the client to accept data.
     Stalled,
+    /// The client floods the connection with control frames.
+    Flood,
 }
 
 /// What a connection's socket, its head timer, its responses and its task share.
@@ -104,6 +110,8 @@ struct State {
     waiting_on_client: usize,
     /// When hyper last asked a response body for more.
     last_progress: Instant,
+    /// When [`ControlFrames`] found a flood.
+    flooded: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +135,7 @@ impl Activity {
                 idle_since: accepted,
                 waiting_on_client: 0,
                 last_progress: accepted,
+                flooded: None,
             }),
             changed: Notify::new(),
         })
@@ -147,7 +156,9 @@ impl Activity {
     /// The next deadline the connection's task enforces, and what it means.
     pub(super) fn deadline(&self, http2: bool) -> Option<(Instant, Expiry)> {
         let state = self.state();
-        if state.waiting_on_client > 0 {
+        if let Some(at) = state.flooded {
+            Some((at, Expiry::Flood))
+        } else if state.waiting_on_client > 0 {
             Some((
                 state.last_progress + self.limits.idle_timeout,
                 Expiry::Stalled,
@@ -167,6 +178,11 @@ impl Activity {
             activity: Arc::clone(self),
             waiting: false,
         }
+    }
+
+    fn flooded(&self) {
+        self.state().flooded.get_or_insert_with(Instant::now);
+        self.changed.notify_one();
     }
 
     fn open_window(&self) -> u64 {
@@ -549,6 +565,80 @@ fn is_forbidden_control(byte: u8) -> bool {
     (byte < 0x20 && byte != b'\t' && byte != b'\r') || byte == 0x7f
 }
 
+/// The HTTP/2 control frames a client sends that lameduck must answer (PING and SETTINGS
+/// without ACK), counted against a budget that refills over time: a burst of
+/// [`ControlFrames::BURST`], then [`ControlFrames::PER_SECOND`]. Clients send a handful (gRPC
+/// keepalives and window probes, at most a few a second); a flood (CVE-2019-9512, -9515) spends
+/// the budget within milliseconds.
+#[derive(Debug)]
+struct ControlFrames {
+    /// Bytes of the connection preface still to pass.
+    preface: usize,
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload: usize,
+    budget: f64,
+    refilled: Instant,
+}
+
+impl ControlFrames {
+    const BURST: f64 = 1000.0;
+    const PER_SECOND: f64 = 100.0;
+
+    fn new() -> ControlFrames {
+        ControlFrames {
+            preface: H2_PREFACE.len(),
+            header: [0; 9],
+            have: 0,
+            payload: 0,
+            budget: Self::BURST,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Follows the frames through the next bytes the client sent; false once over budget.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        const SETTINGS: u8 = 0x4;
+        const PING: u8 = 0x6;
+        const ACK: u8 = 0x1;
+        while !bytes.is_empty() {
+            let skip = if self.preface > 0 {
+                &mut self.preface
+            } else {
+                &mut self.payload
+            };
+            if *skip > 0 {
+                let n = (*skip).min(bytes.len());
+                *skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            bytes = &bytes[1..];
+            self.have += 1;
+            if self.have < self.header.len() {
+                continue;
+            }
+            self.have = 0;
+            let [l0, l1, l2, kind, flags, ..] = self.header;
+            self.payload = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+            if matches!(kind, SETTINGS | PING) && flags & ACK == 0 && !self.spend() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn spend(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * Self::PER_SECOND;
+        self.budget = (self.budget + refill).min(Self::BURST) - 1.0;
+        self.refilled = now;
+        self.budget >= 0.0
+    }
+}
+
 /// lameduck's own answer to a head it refuses, as raw HTTP/1.1: the status, the JSON body, and
 /// `Connection: close`.
 fn answer_bytes(err: ClientError) -> Bytes {
@@ -583,6 +673,8 @@ pub(super) struct EdgeIo {
     prefix: Bytes,
     activity: Arc<Activity>,
     scan: HeadScan,
+    /// HTTP/2 only.
+    control: Option<ControlFrames>,
     ending: Option<Ending>,
     /// hyper has written bytes it has not flushed: an answer of lameduck's must not go beside
     /// them.
@@ -590,12 +682,18 @@ pub(super) struct EdgeIo {
 }
 
 impl EdgeIo {
-    pub(super) fn new(stream: TcpStream, prefix: Bytes, activity: Arc<Activity>) -> EdgeIo {
+    pub(super) fn new(
+        stream: TcpStream,
+        prefix: Bytes,
+        activity: Arc<Activity>,
+        http2: bool,
+    ) -> EdgeIo {
         EdgeIo {
             stream,
             prefix,
             activity,
             scan: HeadScan::default(),
+            control: http2.then(ControlFrames::new),
             ending: None,
             unflushed: false,
         }
@@ -603,7 +701,7 @@ impl EdgeIo {
 
     /// Answers `err` on a connection no hyper has taken over yet, and closes it.
     pub(super) async fn answer(stream: TcpStream, activity: Arc<Activity>, err: ClientError) {
-        let mut io = EdgeIo::new(stream, Bytes::new(), activity);
+        let mut io = EdgeIo::new(stream, Bytes::new(), activity, false);
         io.end(Action::Answer(err));
         // Reads nothing: drives the ending to its close.
         let _ = io.read(&mut [0u8; 1]).await;
@@ -692,6 +790,10 @@ impl AsyncRead for EdgeIo {
                 this.end(action);
                 continue;
             }
+            if this.activity.state().flooded.is_some() {
+                // Nothing more of a flooding client's is read; the connection's task closes it.
+                return Poll::Pending;
+            }
             let before = buf.filled().len();
             if this.prefix.is_empty() {
                 ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
@@ -701,6 +803,13 @@ impl AsyncRead for EdgeIo {
             }
             let arrived = &buf.filled()[before..];
             if arrived.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(control) = &mut this.control {
+                if !control.feed(arrived) && this.activity.state().flooded.is_none() {
+                    debug!("control frame flood");
+                    this.activity.flooded();
+                }
                 return Poll::Ready(Ok(()));
             }
             let Some((window, first)) = this.activity.head_bytes_arrived() else {
@@ -905,6 +1014,30 @@ mod tests {
             scan(fields(MAX_HEADERS + 1).as_bytes()).map(|_| ()),
             Err(ClientError::TooManyHeaders)
         );
+    }
+
+    #[test]
+    fn control_frames_beyond_the_budget_are_a_flood() {
+        let frame = |kind: u8, flags: u8, payload: &[u8]| {
+            let len = payload.len().to_be_bytes();
+            let mut frame = vec![len[5], len[6], len[7], kind, flags, 0, 0, 0, 0];
+            frame.extend_from_slice(payload);
+            frame
+        };
+        let ping = frame(0x6, 0, &[0; 8]);
+        let mut stream = H2_PREFACE.to_vec();
+        stream.extend(frame(0x4, 0, &[0; 6]));
+        // Acknowledgements, data and headers cost nothing, whatever their payload holds.
+        for _ in 0..5000 {
+            stream.extend(frame(0x6, 0x1, &[0; 8]));
+            stream.extend(frame(0x0, 0, &ping.repeat(2)));
+        }
+        let mut control = ControlFrames::new();
+        // In pieces, as reads may cut anywhere.
+        assert!(stream.chunks(7).all(|chunk| control.feed(chunk)));
+        let burst = ping.repeat(ControlFrames::BURST as usize - 1);
+        assert!(control.feed(&burst));
+        assert!(!control.feed(&ping.repeat(50)));
     }
 
     /// A scan that starts mid-head (hyper already held the head's start) never refuses what a
