@@ -22,6 +22,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -48,20 +49,21 @@ const LINGER_MAX: usize = 1024 * 1024;
 /// HTTP/1 head, or the HTTP/2 preface), which hyper must still read. `None`: the client closed
 /// without sending anything.
 pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
-    let mut read = BytesMut::with_capacity(H2_PREFACE.len());
-    while read.len() < H2_PREFACE.len() {
-        if stream.read_buf(&mut read).await? == 0 {
-            break;
-        }
-        if !H2_PREFACE.starts_with(&read) {
+    let mut read = BytesMut::with_capacity(1024);
+    loop {
+        let eof = stream.read_buf(&mut read).await? == 0;
+        let common = read.len().min(H2_PREFACE.len());
+        if read[..common] != H2_PREFACE[..common] {
             return Ok(Some((false, read.freeze())));
         }
+        if common == H2_PREFACE.len() {
+            return Ok(Some((true, read.freeze())));
+        }
+        if eof {
+            // The start of the preface, then nothing: hyper's HTTP/1 parser refuses it.
+            return Ok((!read.is_empty()).then(|| (false, read.freeze())));
+        }
     }
-    if read.is_empty() {
-        return Ok(None);
-    }
-    let http2 = read.as_ref() == H2_PREFACE;
-    Ok(Some((http2, read.freeze())))
 }
 
 /// What the socket must do at its next read, instead of reading.
@@ -90,6 +92,11 @@ pub(super) struct Activity {
     limits: Limits,
     accepted: Instant,
     state: Mutex<State>,
+    /// What a read must look at, readable without the lock: set with the state's `action` or
+    /// `flooded`, and the id of the open head window (0: none). Every read checks them; few
+    /// need the lock.
+    attention: AtomicBool,
+    window: AtomicU64,
     /// Wakes the connection's task when a deadline may have appeared or moved.
     changed: Notify,
 }
@@ -137,6 +144,8 @@ impl Activity {
                 last_progress: accepted,
                 flooded: None,
             }),
+            attention: AtomicBool::new(false),
+            window: AtomicU64::new(0),
             changed: Notify::new(),
         })
     }
@@ -182,7 +191,12 @@ impl Activity {
 
     fn flooded(&self) {
         self.state().flooded.get_or_insert_with(Instant::now);
+        self.attention.store(true, Relaxed);
         self.changed.notify_one();
+    }
+
+    fn is_flooded(&self) -> bool {
+        self.attention.load(Relaxed) && self.state().flooded.is_some()
     }
 
     fn open_window(&self) -> u64 {
@@ -194,6 +208,7 @@ impl Activity {
             opened: Instant::now(),
             head_started: None,
         });
+        self.window.store(id, Relaxed);
         id
     }
 
@@ -201,6 +216,7 @@ impl Activity {
         let mut state = self.state();
         if state.window.is_some_and(|window| window.id == id) {
             state.window = None;
+            self.window.store(0, Relaxed);
             // What the window decided applies to it alone.
             state.action = None;
         }
@@ -209,6 +225,9 @@ impl Activity {
     /// The open head window, and whether it is the connection's first; notes that the head has
     /// started (the caller has just read some of it).
     fn head_bytes_arrived(&self) -> Option<(u64, bool)> {
+        if self.window.load(Relaxed) == 0 {
+            return None;
+        }
         let mut state = self.state();
         let window = state.window.as_mut()?;
         window.head_started.get_or_insert_with(Instant::now);
@@ -231,10 +250,17 @@ impl Activity {
 
     fn set_action(&self, action: Action) {
         self.state().action.get_or_insert(action);
+        self.attention.store(true, Relaxed);
     }
 
     fn take_action(&self) -> Option<Action> {
-        self.state().action.take()
+        if !self.attention.load(Relaxed) {
+            return None;
+        }
+        let mut state = self.state();
+        let action = state.action.take();
+        self.attention.store(state.flooded.is_some(), Relaxed);
+        action
     }
 }
 
@@ -790,7 +816,7 @@ impl AsyncRead for EdgeIo {
                 this.end(action);
                 continue;
             }
-            if this.activity.state().flooded.is_some() {
+            if this.activity.is_flooded() {
                 // Nothing more of a flooding client's is read; the connection's task closes it.
                 return Poll::Pending;
             }
@@ -806,7 +832,7 @@ impl AsyncRead for EdgeIo {
                 return Poll::Ready(Ok(()));
             }
             if let Some(control) = &mut this.control {
-                if !control.feed(arrived) && this.activity.state().flooded.is_none() {
+                if !control.feed(arrived) && !this.activity.is_flooded() {
                     debug!("control frame flood");
                     this.activity.flooded();
                 }
@@ -1014,6 +1040,52 @@ mod tests {
             scan(fields(MAX_HEADERS + 1).as_bytes()).map(|_| ()),
             Err(ClientError::TooManyHeaders)
         );
+    }
+
+    /// What `detect` makes of a client that writes `pieces` (one write each), then closes.
+    async fn detected(pieces: &[&[u8]]) -> Option<(bool, Bytes)> {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        for piece in pieces {
+            client.write_all(piece).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        client.shutdown().await.unwrap();
+        detect(&mut server).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_preface_means_http2_and_every_byte_read_is_kept() {
+        let settings = b"\0\0\0\x04\0\0\0\0\0";
+        let mut both = H2_PREFACE.to_vec();
+        both.extend_from_slice(settings);
+        assert_eq!(
+            detected(&[&both]).await,
+            Some((true, Bytes::from(both.clone())))
+        );
+        let (http2, read) = detected(&[&H2_PREFACE[..5], &H2_PREFACE[5..], settings])
+            .await
+            .unwrap();
+        assert!(http2 && both.starts_with(&read) && read.len() >= H2_PREFACE.len());
+        for http1 in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /",
+            b"PRI * HTTP/1.1\r\n",
+            b"P",
+        ] {
+            let (http2, read) = detected(&[http1]).await.unwrap();
+            assert!(
+                !http2 && http1.starts_with(&read),
+                "{}",
+                http1.escape_ascii()
+            );
+        }
+        assert_eq!(detected(&[]).await, None);
     }
 
     #[test]
