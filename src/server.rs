@@ -301,10 +301,13 @@ async fn connection(
     let mut closing = false;
     // Once the connection is told to go away: when it is dropped if it has not closed by then.
     let mut dropping_at: Option<tokio::time::Instant> = None;
+    // Idle and stalled connections are looked for on this schedule, not woken for by every
+    // request and frame: they close within 1¼ times the idle timeout.
+    let every = (shared.limits.idle_timeout / 4).max(Duration::from_millis(1));
+    let mut checks = tokio::time::interval(every);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let deadline = activity.deadline(http2);
-        let expires = deadline.map(|(at, _)| tokio::time::Instant::from_std(at));
-        tokio::select! {
+        let expiry = tokio::select! {
             result = &mut conn => {
                 if let Err(err) = result {
                     debug!(%remote, error = %err, "connection ended with an error");
@@ -317,28 +320,29 @@ async fn connection(
                     conn.graceful_shutdown();
                     closing = true;
                 }
+                continue;
             }
-            () = activity.changed() => {}
-            () = sleep_until(expires), if expires.is_some() && dropping_at.is_none() => {
-                let Some((at, expiry)) = activity.deadline(http2) else { continue };
-                if at > Instant::now() {
-                    continue;
+            () = activity.flood(), if dropping_at.is_none() => Expiry::Flood,
+            _ = checks.tick(), if dropping_at.is_none() => {
+                match activity.deadline(http2) {
+                    Some((at, expiry)) if at <= Instant::now() => expiry,
+                    _ => continue,
                 }
-                match expiry {
-                    Expiry::Stalled => debug!(%remote, "the client accepts no response data; closing"),
-                    Expiry::Idle => debug!(%remote, "idle connection; closing"),
-                    Expiry::Flood => info!(%remote, "HTTP/2 control frame flood; closing the connection"),
-                }
-                if !http2 {
-                    // The client does not read: nothing graceful would reach it.
-                    return;
-                }
-                conn.graceful_shutdown();
-                closing = true;
-                dropping_at = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
             () = sleep_until(dropping_at), if dropping_at.is_some() => return,
+        };
+        match expiry {
+            Expiry::Stalled => debug!(%remote, "the client accepts no response data; closing"),
+            Expiry::Idle => debug!(%remote, "idle connection; closing"),
+            Expiry::Flood => info!(%remote, "HTTP/2 control frame flood; closing the connection"),
         }
+        if !http2 {
+            // The client does not read: nothing graceful would reach it.
+            return;
+        }
+        conn.graceful_shutdown();
+        closing = true;
+        dropping_at = Some(tokio::time::Instant::now() + CLOSE_GRACE);
     }
 }
 

@@ -97,8 +97,9 @@ pub(super) struct Activity {
     /// need the lock.
     attention: AtomicBool,
     window: AtomicU64,
-    /// Wakes the connection's task when a deadline may have appeared or moved.
-    changed: Notify,
+    /// Wakes the connection's task at a flood; it checks the other deadlines on its own
+    /// schedule (see [`Activity::deadline`]), so that requests and frames never wake it.
+    flood: Notify,
 }
 
 #[derive(Debug)]
@@ -146,7 +147,7 @@ impl Activity {
             }),
             attention: AtomicBool::new(false),
             window: AtomicU64::new(0),
-            changed: Notify::new(),
+            flood: Notify::new(),
         })
     }
 
@@ -157,12 +158,14 @@ impl Activity {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Resolves when a deadline of [`Activity::deadline`] may have appeared or moved.
-    pub(super) async fn changed(&self) {
-        self.changed.notified().await
+    /// Resolves when the client floods the connection.
+    pub(super) async fn flood(&self) {
+        self.flood.notified().await
     }
 
-    /// The next deadline the connection's task enforces, and what it means.
+    /// The next deadline the connection's task enforces, and what it means. The task checks it
+    /// every quarter of the idle timeout: an idle or stalled connection closes within 1¼ times
+    /// the timeout.
     pub(super) fn deadline(&self, http2: bool) -> Option<(Instant, Expiry)> {
         let state = self.state();
         if let Some(at) = state.flooded {
@@ -182,7 +185,6 @@ impl Activity {
     /// A request has reached the service: counted until its response body ends or is dropped.
     pub(super) fn request(self: &Arc<Self>) -> RequestGuard {
         self.state().requests += 1;
-        self.changed.notify_one();
         RequestGuard {
             activity: Arc::clone(self),
             waiting: false,
@@ -192,7 +194,7 @@ impl Activity {
     fn flooded(&self) {
         self.state().flooded.get_or_insert_with(Instant::now);
         self.attention.store(true, Relaxed);
-        self.changed.notify_one();
+        self.flood.notify_one();
     }
 
     fn is_flooded(&self) -> bool {
@@ -288,9 +290,6 @@ impl RequestGuard {
         let mut state = self.activity.state();
         self.waiting = true;
         state.waiting_on_client += 1;
-        if state.waiting_on_client == 1 {
-            self.activity.changed.notify_one();
-        }
     }
 }
 
@@ -303,7 +302,6 @@ impl Drop for RequestGuard {
         state.requests -= 1;
         if state.requests == 0 {
             state.idle_since = Instant::now();
-            self.activity.changed.notify_one();
         }
     }
 }
