@@ -394,9 +394,11 @@ impl Drop for HeadWait {
 ///
 /// A scan starts with the window, which is at the head's first byte unless hyper already holds
 /// part of the head (a client that pipelines); then it starts mid-head, undercounts, and may
-/// take a header line's tail for the first line. Every rule is written so that this can only
-/// let a request through to hyper's own checks, never refuse a good one: the first line is
-/// never read as a header, and an empty line always ends the scan.
+/// take a header line's tail for the first line. The rules are written so that this only lets a
+/// head through to hyper's and `headers::check_request`'s checks: the first line is never read
+/// as a header, and an empty line always ends the scan. The one exception is the request line's
+/// limit: a header line over 8 KiB whose tail is taken for the request line gets 414 (nginx
+/// refuses a header line that long too, with 400).
 #[derive(Debug, Default)]
 struct HeadScan {
     window: u64,
