@@ -45,8 +45,8 @@ use crate::proxy::Proxy;
 use edge::{Activity, EdgeIo, Expiry, HeadTimer, RequestGuard};
 
 /// HTTP/2 streams a client may have open at once on one connection, advertised in SETTINGS
-/// (nginx's `http2_max_concurrent_streams`, HAProxy's `tune.h2.max-concurrent-streams`: 100
-/// and 100).
+/// (HAProxy's `tune.h2.max-concurrent-streams` default and RFC 9113's recommended minimum;
+/// nginx's `http2_max_concurrent_streams` is 128).
 const MAX_CONCURRENT_STREAMS: u32 = 100;
 /// HTTP/2 streams a client may reset before lameduck has accepted them, before it is told to go
 /// away (the rapid-reset attack, CVE-2023-44487); h2's own default.
