@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::headers::{ClientError, MAX_HEADERS};
 use crate::phase::{Phase, Phases};
 use crate::proxy::Proxy;
-use edge::{Activity, EdgeIo, Expiry, HeadTimer, RequestGuard};
+use edge::{Activity, EdgeIo, Expiry, HeadTimer, RequestGuard, Watch};
 
 /// HTTP/2 streams a client may have open at once on one connection, advertised in SETTINGS
 /// (HAProxy's `tune.h2.max-concurrent-streams` default and RFC 9113's recommended minimum;
@@ -301,11 +301,7 @@ async fn connection(
     let mut closing = false;
     // Once the connection is told to go away: when it is dropped if it has not closed by then.
     let mut dropping_at: Option<tokio::time::Instant> = None;
-    // Idle and stalled connections are looked for on this schedule, not woken for by every
-    // request and frame: they close within 1¼ times the idle timeout.
-    let every = (shared.limits.idle_timeout / 4).max(Duration::from_millis(1));
-    let mut checks = tokio::time::interval(every);
-    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Watch::new(&activity, http2);
     loop {
         let expiry = tokio::select! {
             result = &mut conn => {
@@ -322,13 +318,7 @@ async fn connection(
                 }
                 continue;
             }
-            () = activity.flood(), if dropping_at.is_none() => Expiry::Flood,
-            _ = checks.tick(), if dropping_at.is_none() => {
-                match activity.deadline(http2) {
-                    Some((at, expiry)) if at <= Instant::now() => expiry,
-                    _ => continue,
-                }
-            }
+            expiry = std::future::poll_fn(|cx| watch.poll_expiry(cx)), if dropping_at.is_none() => expiry,
             () = sleep_until(dropping_at), if dropping_at.is_some() => return,
         };
         match expiry {

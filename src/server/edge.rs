@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tracing::debug;
 
 use super::Limits;
@@ -87,19 +86,31 @@ pub(super) enum Expiry {
 }
 
 /// What a connection's socket, its head timer, its responses and its task share.
+///
+/// What the request path touches (a request starting or ending, a response frame) is counted
+/// in atomics, without a clock: the connection's task ([`Watch`]) reads the counters on its own
+/// schedule and tells an idle or stalled connection by counters that have not moved.
 #[derive(Debug)]
 pub(super) struct Activity {
     limits: Limits,
     accepted: Instant,
     state: Mutex<State>,
-    /// What a read must look at, readable without the lock: set with the state's `action` or
-    /// `flooded`, and the id of the open head window (0: none). Every read checks them; few
-    /// need the lock.
+    /// Readable without the lock: set with the state's `action`, or at a flood. Every read
+    /// checks it; few need the lock.
     attention: AtomicBool,
+    /// The id of the open head window (0: none), readable without the lock.
     window: AtomicU64,
-    /// Wakes the connection's task at a flood; it checks the other deadlines on its own
-    /// schedule (see [`Activity::deadline`]), so that requests and frames never wake it.
-    flood: Notify,
+    flooded: AtomicBool,
+    /// Requests in progress: from hyper's call of the service to the end of the response body.
+    requests: AtomicUsize,
+    /// Requests started and ended so far.
+    started: AtomicU64,
+    ended: AtomicU64,
+    /// Response bodies that handed hyper a frame and have not been asked for the next one yet:
+    /// they wait for the client to accept data.
+    waiting_on_client: AtomicUsize,
+    /// Moves whenever a response body hands hyper a frame or is asked for the next.
+    progress: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -109,25 +120,17 @@ struct State {
     /// Windows opened so far; the first is the connection's first request.
     windows: u64,
     action: Option<Action>,
-    /// Requests in progress: from hyper's call of the service to the end of the response body.
-    requests: usize,
-    /// Since when no request has been in progress.
-    idle_since: Instant,
-    /// Response bodies that handed hyper a frame and have not been asked for the next one yet:
-    /// they wait for the client to accept data.
-    waiting_on_client: usize,
-    /// When hyper last asked a response body for more.
-    last_progress: Instant,
-    /// When [`ControlFrames`] found a flood.
-    flooded: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
     id: u64,
-    opened: Instant,
-    /// When the head's first byte arrived.
-    head_started: Option<Instant>,
+    /// When hyper first waited in it (set at the first poll of its sleep, which is when the
+    /// wait begins; a head already buffered never waits).
+    opened: Option<Instant>,
+    /// Bytes of the head have arrived; when the first of them was seen waiting.
+    head_started: bool,
+    head_started_at: Option<Instant>,
 }
 
 impl Activity {
@@ -139,15 +142,15 @@ impl Activity {
                 window: None,
                 windows: 0,
                 action: None,
-                requests: 0,
-                idle_since: accepted,
-                waiting_on_client: 0,
-                last_progress: accepted,
-                flooded: None,
             }),
             attention: AtomicBool::new(false),
             window: AtomicU64::new(0),
-            flood: Notify::new(),
+            flooded: AtomicBool::new(false),
+            requests: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            waiting_on_client: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
         })
     }
 
@@ -158,47 +161,23 @@ impl Activity {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Resolves when the client floods the connection.
-    pub(super) async fn flood(&self) {
-        self.flood.notified().await
-    }
-
-    /// The next deadline the connection's task enforces, and what it means. The task checks it
-    /// every quarter of the idle timeout: an idle or stalled connection closes within 1¼ times
-    /// the timeout.
-    pub(super) fn deadline(&self, http2: bool) -> Option<(Instant, Expiry)> {
-        let state = self.state();
-        if let Some(at) = state.flooded {
-            Some((at, Expiry::Flood))
-        } else if state.waiting_on_client > 0 {
-            Some((
-                state.last_progress + self.limits.idle_timeout,
-                Expiry::Stalled,
-            ))
-        } else if http2 && state.requests == 0 {
-            Some((state.idle_since + self.limits.idle_timeout, Expiry::Idle))
-        } else {
-            None
-        }
-    }
-
     /// A request has reached the service: counted until its response body ends or is dropped.
     pub(super) fn request(self: &Arc<Self>) -> RequestGuard {
-        self.state().requests += 1;
+        self.requests.fetch_add(1, Relaxed);
+        self.started.fetch_add(1, Relaxed);
         RequestGuard {
             activity: Arc::clone(self),
             waiting: false,
         }
     }
 
-    fn flooded(&self) {
-        self.state().flooded.get_or_insert_with(Instant::now);
+    fn flood(&self) {
+        self.flooded.store(true, Relaxed);
         self.attention.store(true, Relaxed);
-        self.flood.notify_one();
     }
 
     fn is_flooded(&self) -> bool {
-        self.attention.load(Relaxed) && self.state().flooded.is_some()
+        self.attention.load(Relaxed) && self.flooded.load(Relaxed)
     }
 
     fn open_window(&self) -> u64 {
@@ -207,8 +186,9 @@ impl Activity {
         let id = state.windows;
         state.window = Some(Window {
             id,
-            opened: Instant::now(),
-            head_started: None,
+            opened: None,
+            head_started: false,
+            head_started_at: None,
         });
         self.window.store(id, Relaxed);
         id
@@ -232,21 +212,26 @@ impl Activity {
         }
         let mut state = self.state();
         let window = state.window.as_mut()?;
-        window.head_started.get_or_insert_with(Instant::now);
+        window.head_started = true;
         Some((window.id, window.id == 1))
     }
 
     /// When window `id` ends, and how: a head not complete by then is answered 408 (counted from
     /// the connection's start for its first request, from the head's first byte after that); a
     /// kept-alive connection whose next head has not started is closed after the idle timeout.
-    fn head_deadline(&self, id: u64) -> Option<(Instant, Action)> {
-        let state = self.state();
-        let window = state.window.filter(|window| window.id == id)?;
+    /// Called as hyper waits in the window; `now` is then.
+    fn head_deadline(&self, id: u64, now: Instant) -> Option<(Instant, Action)> {
+        let mut state = self.state();
+        let window = state.window.as_mut().filter(|window| window.id == id)?;
+        let opened = *window.opened.get_or_insert(now);
         let timeout = Action::Answer(ClientError::HeadTimeout);
-        Some(match window.head_started {
-            _ if id == 1 => (self.accepted + self.limits.header_read_timeout, timeout),
-            Some(started) => (started + self.limits.header_read_timeout, timeout),
-            None => (window.opened + self.limits.idle_timeout, Action::Close),
+        Some(if id == 1 {
+            (self.accepted + self.limits.header_read_timeout, timeout)
+        } else if window.head_started {
+            let started = *window.head_started_at.get_or_insert(now);
+            (started + self.limits.header_read_timeout, timeout)
+        } else {
+            (opened + self.limits.idle_timeout, Action::Close)
         })
     }
 
@@ -261,8 +246,76 @@ impl Activity {
         }
         let mut state = self.state();
         let action = state.action.take();
-        self.attention.store(state.flooded.is_some(), Relaxed);
+        self.attention.store(self.flooded.load(Relaxed), Relaxed);
         action
+    }
+}
+
+/// What the connection's task watches for, besides hyper: a flood, and (read every quarter of
+/// the idle timeout) counters that have stopped moving. A connection is idle (HTTP/2; an HTTP/1
+/// connection idles in a head window) when no request has been in progress, started or ended
+/// for four checks in a row; it is stalled when a response body has waited for the client, with
+/// no body moving, for four checks in a row. Either closes it between 1 and 1¼ times the idle
+/// timeout after it began.
+#[derive(Debug)]
+pub(super) struct Watch {
+    activity: Arc<Activity>,
+    http2: bool,
+    checks: tokio::time::Interval,
+    /// The counters at the last check: started, ended, progress.
+    seen: (u64, u64, u64),
+    idle: u32,
+    stalled: u32,
+}
+
+impl Watch {
+    const CHECKS: u32 = 4;
+
+    pub(super) fn new(activity: &Arc<Activity>, http2: bool) -> Watch {
+        let every = (activity.limits.idle_timeout / Self::CHECKS).max(Duration::from_millis(1));
+        let first = tokio::time::Instant::from_std(activity.accepted) + every;
+        let mut checks = tokio::time::interval_at(first, every);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watch {
+            activity: Arc::clone(activity),
+            http2,
+            checks,
+            seen: (0, 0, 0),
+            idle: 0,
+            stalled: 0,
+        }
+    }
+
+    /// Resolves when the connection must close, and why.
+    pub(super) fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
+        loop {
+            if self.activity.is_flooded() {
+                return Poll::Ready(Expiry::Flood);
+            }
+            ready!(self.checks.poll_tick(cx));
+            let a = &self.activity;
+            let now = (
+                a.started.load(Relaxed),
+                a.ended.load(Relaxed),
+                a.progress.load(Relaxed),
+            );
+            let quiet =
+                a.requests.load(Relaxed) == 0 && now.0 == self.seen.0 && now.1 == self.seen.1;
+            let waiting = a.waiting_on_client.load(Relaxed) > 0 && now.2 == self.seen.2;
+            self.seen = now;
+            self.idle = if self.http2 && quiet {
+                self.idle + 1
+            } else {
+                0
+            };
+            self.stalled = if waiting { self.stalled + 1 } else { 0 };
+            if self.stalled >= Self::CHECKS {
+                return Poll::Ready(Expiry::Stalled);
+            }
+            if self.idle >= Self::CHECKS {
+                return Poll::Ready(Expiry::Idle);
+            }
+        }
     }
 }
 
@@ -277,32 +330,32 @@ pub(super) struct RequestGuard {
 impl RequestGuard {
     /// hyper asks the response body for its next frame: the client has accepted the last one.
     pub(super) fn asked(&mut self) {
-        let mut state = self.activity.state();
-        state.last_progress = Instant::now();
+        let activity = &self.activity;
+        activity.progress.fetch_add(1, Relaxed);
         if std::mem::take(&mut self.waiting) {
-            state.waiting_on_client -= 1;
+            activity.waiting_on_client.fetch_sub(1, Relaxed);
         }
     }
 
     /// The response body handed hyper a frame: until hyper asks for the next one, it waits for
     /// the client.
     pub(super) fn handed(&mut self) {
-        let mut state = self.activity.state();
-        self.waiting = true;
-        state.waiting_on_client += 1;
+        let activity = &self.activity;
+        activity.progress.fetch_add(1, Relaxed);
+        if !std::mem::replace(&mut self.waiting, true) {
+            activity.waiting_on_client.fetch_add(1, Relaxed);
+        }
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let mut state = self.activity.state();
+        let activity = &self.activity;
         if self.waiting {
-            state.waiting_on_client -= 1;
+            activity.waiting_on_client.fetch_sub(1, Relaxed);
         }
-        state.requests -= 1;
-        if state.requests == 0 {
-            state.idle_since = Instant::now();
-        }
+        activity.ended.fetch_add(1, Relaxed);
+        activity.requests.fetch_sub(1, Relaxed);
     }
 }
 
@@ -328,22 +381,22 @@ impl hyper::rt::Timer for HeadTimer {
 
 /// One head window: open from hyper's request for a sleep until hyper drops it. It never
 /// completes: when its deadline passes it has the socket answer 408 (or close an idle
-/// connection) at hyper's next read, and hyper sees the connection end like any other.
+/// connection) at hyper's next read, and hyper sees the connection end like any other. Its
+/// timer is made at its first poll: a head that is already there is parsed without one.
 #[derive(Debug)]
 struct HeadWait {
     activity: Arc<Activity>,
     id: u64,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     fired: bool,
 }
 
 impl HeadWait {
     fn open(activity: &Arc<Activity>) -> HeadWait {
-        let id = activity.open_window();
         HeadWait {
             activity: Arc::clone(activity),
-            id,
-            sleep: Box::pin(tokio::time::sleep(activity.limits.idle_timeout)),
+            id: activity.open_window(),
+            sleep: None,
             fired: false,
         }
     }
@@ -357,14 +410,17 @@ impl Future for HeadWait {
         if this.fired {
             return Poll::Pending;
         }
-        let Some((deadline, action)) = this.activity.head_deadline(this.id) else {
+        let Some((deadline, action)) = this.activity.head_deadline(this.id, Instant::now()) else {
             return Poll::Pending;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
-        if this.sleep.deadline() != deadline {
-            this.sleep.as_mut().reset(deadline);
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
         }
-        ready!(this.sleep.as_mut().poll(cx));
+        ready!(sleep.as_mut().poll(cx));
         this.fired = true;
         if let Action::Answer(err) = action {
             debug!(code = err.code(), "request head not complete in time");
@@ -834,7 +890,9 @@ impl AsyncRead for EdgeIo {
             if let Some(control) = &mut this.control {
                 if !control.feed(arrived) && !this.activity.is_flooded() {
                     debug!("control frame flood");
-                    this.activity.flooded();
+                    this.activity.flood();
+                    // The connection's task (this one) looks at once.
+                    cx.waker().wake_by_ref();
                 }
                 return Poll::Ready(Ok(()));
             }
