@@ -1100,6 +1100,84 @@ mod tests {
         );
     }
 
+    /// How long `watch` takes to call the connection closed, and why.
+    async fn expiry_after(watch: &mut Watch) -> (Expiry, Duration) {
+        let start = tokio::time::Instant::now();
+        let expiry = std::future::poll_fn(|cx| watch.poll_expiry(cx)).await;
+        (expiry, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_stalled_connections_close_between_1_and_1_25_idle_timeouts() {
+        let limits = Limits {
+            max_header_size: MAX,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(4),
+        };
+        let within = |took: Duration, from: u64| {
+            let from = Duration::from_secs(from);
+            took >= from + limits.idle_timeout && took <= from + limits.idle_timeout * 5 / 4
+        };
+        let now = || tokio::time::Instant::now().into_std();
+
+        // An HTTP/2 connection without a request.
+        let activity = Activity::new(limits, now());
+        let (expiry, took) = expiry_after(&mut Watch::new(&activity, true)).await;
+        assert!(
+            expiry == Expiry::Idle && within(took, 0),
+            "{expiry:?} {took:?}"
+        );
+
+        // One with a request for 10 s: idle only once it ends. HTTP/1 never idles here.
+        let activity = Activity::new(limits, now());
+        let mut watch = Watch::new(&activity, true);
+        let request = activity.request();
+        let end = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(request);
+        });
+        let (expiry, took) = expiry_after(&mut watch).await;
+        assert!(
+            expiry == Expiry::Idle && within(took, 10),
+            "{expiry:?} {took:?}"
+        );
+        end.await.unwrap();
+        let activity = Activity::new(limits, now());
+        let mut http1 = Watch::new(&activity, false);
+        let waited = tokio::time::timeout(Duration::from_secs(60), expiry_after(&mut http1));
+        assert!(waited.await.is_err());
+
+        // A response whose client takes a frame every 3 s is served; one that stops is not.
+        let activity = Activity::new(limits, now());
+        let mut watch = Watch::new(&activity, false);
+        let mut request = activity.request();
+        let client = tokio::spawn(async move {
+            for _ in 0..5 {
+                request.handed();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                request.asked();
+            }
+            request.handed();
+            request
+        });
+        let (expiry, took) = expiry_after(&mut watch).await;
+        assert!(
+            expiry == Expiry::Stalled && within(took, 15),
+            "{expiry:?} {took:?}"
+        );
+        drop(client.await.unwrap());
+
+        // A flood is answered at once.
+        let activity = Activity::new(limits, now());
+        let mut watch = Watch::new(&activity, true);
+        activity.flood();
+        let (expiry, took) = expiry_after(&mut watch).await;
+        assert!(
+            expiry == Expiry::Flood && took.is_zero(),
+            "{expiry:?} {took:?}"
+        );
+    }
+
     /// What `detect` makes of a client that writes `pieces` (one write each), then closes.
     async fn detected(pieces: &[&[u8]]) -> Option<(bool, Bytes)> {
         use tokio::io::AsyncWriteExt;
