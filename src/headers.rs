@@ -1,4 +1,5 @@
-//! Every header rule, in one place: hop-by-hop headers (RFC 9110 §7.6.1) removed in both
+//! Every header rule, in one place: what a request head must satisfy to be forwarded at all
+//! ([`check_request`], [`ClientError`]), hop-by-hop headers (RFC 9110 §7.6.1) removed in both
 //! directions, `Upgrade` carried across, `Host` kept, `X-Forwarded-*` appended, and
 //! `Connection: close` on HTTP/1.1 responses once shutdown has begun.
 
@@ -7,7 +8,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request;
+use http::uri::{Authority, Scheme};
+use http::{request, Request};
 use http::{StatusCode, Version};
 
 /// Headers that describe one connection, not the message.
@@ -25,6 +27,180 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The longest request line accepted, CRLF included (nginx's `large_client_header_buffers`
+/// buffer size); a longer one is answered 414.
+pub const REQUEST_LINE_MAX: usize = 8 * 1024;
+
+/// The most header fields a request head may carry (hyper's limit, and HAProxy's
+/// `tune.http.maxhdr`); more are answered 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// A request refused at the edge, before anything reaches the backend. Always the client's
+/// fault, so always a 4xx; its body names it with two short, stable codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("the request target's authority and the Host header disagree")]
+    HostMismatch,
+    #[error("an HTTP/1.1 request without a Host header")]
+    MissingHost,
+    #[error("a Host header that is not host[:port]")]
+    InvalidHost,
+    #[error("a request line longer than {REQUEST_LINE_MAX} bytes")]
+    RequestLineTooLong,
+    #[error("a request head larger than --max-header-size")]
+    HeadTooLarge,
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndTransferEncoding,
+    #[error("a Content-Length that is not one number")]
+    InvalidContentLength,
+    #[error("more than one Content-Length header")]
+    DuplicateContentLength,
+    #[error("a transfer coding other than chunked alone")]
+    UnsupportedTransferCoding,
+    #[error("a header line folded onto the next (obs-fold)")]
+    LineFolding,
+    #[error("a control character in the request head")]
+    ControlCharacter,
+    #[error("the request head was not complete within --header-read-timeout")]
+    HeadTimeout,
+}
+
+impl ClientError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ClientError::RequestLineTooLong => StatusCode::URI_TOO_LONG,
+            ClientError::HeadTooLarge | ClientError::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ClientError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The body's `error`: what the status means.
+    pub fn error(self) -> &'static str {
+        match self.status() {
+            StatusCode::URI_TOO_LONG => "uri_too_long",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "header_too_large",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            _ => "bad_request",
+        }
+    }
+
+    /// The body's `detail`: which rule the request broke.
+    pub fn code(self) -> &'static str {
+        match self {
+            ClientError::DuplicateHost => "duplicate_host",
+            ClientError::HostMismatch => "host_mismatch",
+            ClientError::MissingHost => "missing_host",
+            ClientError::InvalidHost => "invalid_host",
+            ClientError::RequestLineTooLong => "request_line_too_long",
+            ClientError::HeadTooLarge => "header_section_too_large",
+            ClientError::TooManyHeaders => "too_many_headers",
+            ClientError::LengthAndTransferEncoding => "content_length_with_transfer_encoding",
+            ClientError::InvalidContentLength => "invalid_content_length",
+            ClientError::DuplicateContentLength => "duplicate_content_length",
+            ClientError::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ClientError::LineFolding => "obsolete_line_folding",
+            ClientError::ControlCharacter => "control_character",
+            ClientError::HeadTimeout => "header_read_timeout",
+        }
+    }
+
+    /// The JSON body: `{"error":"<code>","detail":"<code>"}`.
+    pub fn body(self) -> String {
+        format!(
+            r#"{{"error":"{}","detail":"{}"}}"#,
+            self.error(),
+            self.code()
+        )
+    }
+}
+
+/// The rules a parsed request head must satisfy before lameduck answers or forwards it, beyond
+/// what hyper's parser already enforces (RFC 9112 §3.2, §6.1, RFC 9113 §8.3.1): exactly one
+/// valid `Host` (none only in HTTP/1.0, or with an absolute-form target), agreeing with the
+/// target's authority; a request line within [`REQUEST_LINE_MAX`]; no transfer coding but
+/// `chunked` alone (lameduck would forward a body still encoded with it, unannounced). The
+/// rules that need the raw bytes (the head's size, obs-fold, `Content-Length` beside
+/// `Transfer-Encoding`, which hyper resolves by itself) are checked before, by the server, which
+/// sees them (`server::edge`); the ones it shares with this are checked here again for the heads
+/// it could not scan whole.
+pub fn check_request<B>(req: &Request<B>) -> Result<(), ClientError> {
+    let uri = req.uri();
+    // HTTP/1 carries the target as written; an HTTP/2 `:path` is the path and query alone.
+    let target_len = match (req.version() < Version::HTTP_2, uri.scheme()) {
+        (true, Some(_)) => uri.to_string().len(),
+        _ => uri.path_and_query().map_or(1, |p| p.as_str().len()),
+    };
+    let line_len = req.method().as_str().len() + 1 + target_len + " HTTP/1.1\r\n".len();
+    if line_len > REQUEST_LINE_MAX {
+        return Err(ClientError::RequestLineTooLong);
+    }
+
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => {}
+        (Some(coding), None) if is_chunked_alone(coding.as_bytes()) => {}
+        _ => return Err(ClientError::UnsupportedTransferCoding),
+    }
+
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        // HTTP/1.0 predates Host; HTTP/2 has `:authority`.
+        let required = req.version() == Version::HTTP_11 && uri.authority().is_none();
+        return if required {
+            Err(ClientError::MissingHost)
+        } else {
+            Ok(())
+        };
+    };
+    if hosts.next().is_some() {
+        return Err(ClientError::DuplicateHost);
+    }
+    let host = Authority::try_from(host.as_bytes())
+        .ok()
+        .filter(is_host_and_port)
+        .ok_or(ClientError::InvalidHost)?;
+    match uri.authority() {
+        Some(target) if !same_origin(target, &host, uri.scheme()) => Err(ClientError::HostMismatch),
+        _ => Ok(()),
+    }
+}
+
+/// A `Transfer-Encoding` value that is `chunked` and nothing else.
+pub fn is_chunked_alone(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// `host[:port]` and nothing else: no user info, a port of digits only.
+fn is_host_and_port(authority: &Authority) -> bool {
+    let text = authority.as_str();
+    let Some(port) = text.strip_prefix(authority.host()) else {
+        return false;
+    };
+    match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => digits.parse::<u16>().is_ok() && digits.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// Whether two authorities name the same server: hosts compared without regard to case, and a
+/// missing port taken as the scheme's default.
+fn same_origin(a: &Authority, b: &Authority, scheme: Option<&Scheme>) -> bool {
+    let default_port = if scheme == Some(&Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    a.host().eq_ignore_ascii_case(b.host())
+        && a.port_u16().unwrap_or(default_port) == b.port_u16().unwrap_or(default_port)
+}
 
 /// The protocol a request asks to upgrade to: `Connection` includes `upgrade` and `Upgrade` is
 /// set (both are needed, RFC 9110 §7.8).
@@ -195,6 +371,124 @@ mod tests {
         let mut map = headers(&[("te", "trailers")]);
         remove_hop_by_hop(&mut map);
         assert_eq!(map["te"], "trailers");
+    }
+
+    fn request(version: Version, target: &str, hosts: &[&str]) -> Request<()> {
+        let mut req = Request::get(target).version(version);
+        for host in hosts {
+            req = req.header("host", *host);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_need_exactly_one_host_that_agrees_with_the_target() {
+        use ClientError::*;
+        let check =
+            |version, target, hosts: &[&str]| check_request(&request(version, target, hosts));
+        let v11 = Version::HTTP_11;
+        assert_eq!(check(v11, "/", &["example.com"]), Ok(()));
+        assert_eq!(check(v11, "/", &["[::1]:8000"]), Ok(()));
+        assert_eq!(check(v11, "/", &["a", "a"]), Err(DuplicateHost));
+        assert_eq!(check(v11, "/", &["a", "b"]), Err(DuplicateHost));
+        assert_eq!(check(v11, "/", &[]), Err(MissingHost));
+        assert_eq!(check(Version::HTTP_10, "/", &[]), Ok(()));
+        assert_eq!(check(v11, "http://a/x", &[]), Ok(()));
+        assert_eq!(check(v11, "http://a/x", &["A"]), Ok(()));
+        assert_eq!(check(v11, "http://a/x", &["a:80"]), Ok(()));
+        assert_eq!(check(v11, "https://a/x", &["a:443"]), Ok(()));
+        assert_eq!(check(v11, "http://a/x", &["b"]), Err(HostMismatch));
+        assert_eq!(check(v11, "http://a:8080/x", &["a"]), Err(HostMismatch));
+        for bad in [
+            "", "a b", "a/b", "user@a", "a:port", "a:+80", "a:70000", "a:80:80",
+        ] {
+            assert_eq!(check(v11, "/", &[bad]), Err(InvalidHost), "{bad:?}");
+        }
+        // HTTP/2: `:authority` against `host`, when a client sends both.
+        let v2 = Version::HTTP_2;
+        assert_eq!(check(v2, "http://a/x", &[]), Ok(()));
+        assert_eq!(check(v2, "http://a/x", &["a"]), Ok(()));
+        assert_eq!(check(v2, "http://a/x", &["b"]), Err(HostMismatch));
+    }
+
+    #[test]
+    fn chunked_is_the_only_transfer_coding() {
+        let with = |codings: &[&str]| {
+            let mut req = Request::post("/").header("host", "a");
+            for coding in codings {
+                req = req.header("transfer-encoding", *coding);
+            }
+            check_request(&req.body(()).unwrap())
+        };
+        assert_eq!(with(&["chunked"]), Ok(()));
+        assert_eq!(with(&[" Chunked "]), Ok(()));
+        for bad in [
+            &["gzip, chunked"][..],
+            &["gzip"],
+            &["chunked", "chunked"],
+            &["identity"],
+        ] {
+            assert_eq!(
+                with(bad),
+                Err(ClientError::UnsupportedTransferCoding),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_lines_over_8_kib_are_refused() {
+        // `GET /aaa…a HTTP/1.1\r\n`, 8 KiB exactly.
+        let fits = format!(
+            "/{}",
+            "a".repeat(REQUEST_LINE_MAX - "GET / HTTP/1.1\r\n".len())
+        );
+        assert_eq!(
+            check_request(&request(Version::HTTP_11, &fits, &["a"])),
+            Ok(())
+        );
+        let over = format!("{fits}a");
+        assert_eq!(
+            check_request(&request(Version::HTTP_11, &over, &["a"])),
+            Err(ClientError::RequestLineTooLong)
+        );
+        let over = format!("http://a{over}");
+        assert_eq!(
+            check_request(&request(Version::HTTP_2, &over, &[])),
+            Err(ClientError::RequestLineTooLong)
+        );
+    }
+
+    #[test]
+    fn client_errors_are_4xx_with_stable_codes() {
+        use ClientError::*;
+        let all = [
+            DuplicateHost,
+            HostMismatch,
+            MissingHost,
+            InvalidHost,
+            RequestLineTooLong,
+            HeadTooLarge,
+            TooManyHeaders,
+            LengthAndTransferEncoding,
+            InvalidContentLength,
+            DuplicateContentLength,
+            UnsupportedTransferCoding,
+            LineFolding,
+            ControlCharacter,
+            HeadTimeout,
+        ];
+        for err in all {
+            assert!(err.status().is_client_error(), "{err:?}");
+            let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+            assert_eq!(body["error"], err.error());
+            assert_eq!(body["detail"], err.code());
+        }
+        assert_eq!(RequestLineTooLong.status(), StatusCode::URI_TOO_LONG);
+        assert_eq!(
+            HeadTimeout.body(),
+            r#"{"error":"request_timeout","detail":"header_read_timeout"}"#
+        );
     }
 
     #[test]

@@ -367,6 +367,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             proxy,
             phase: phases,
             connections: Arc::clone(&connections),
+            limits: server::Limits::new(&config),
         });
         let life = Lifecycle {
             config,

@@ -102,6 +102,9 @@ impl Proxy {
         remote: SocketAddr,
         affinity: &Arc<Affinity>,
     ) -> Response<ResponseBody> {
+        if let Err(err) = headers::check_request(&req) {
+            return client_error(err, req.version());
+        }
         let path = req.uri().path();
         if path == self.ready_path {
             return probe(req.method(), self.probes.readiness());
@@ -257,6 +260,18 @@ fn failure_response(failure: Failure) -> Response<ResponseBody> {
             json(status, Bytes::from(body.to_string()))
         }
     }
+}
+
+/// A request refused at the edge: its 4xx and codes. An HTTP/1 connection closes after it, as
+/// nginx's does after a 400: what follows a malformed head is not to be trusted.
+fn client_error(err: headers::ClientError, version: Version) -> Response<ResponseBody> {
+    debug!(code = err.code(), error = %err, "request refused");
+    let mut resp = json(err.status(), Bytes::from(err.body()));
+    if version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// An error and its sources, `: `-separated, for the log.

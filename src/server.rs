@@ -1,42 +1,95 @@
-//! The accept loop, the workers, and each client connection with its graceful close once
-//! draining.
+//! The accept loop, the workers, and each client connection: its protocol, its limits and
+//! timers, and its graceful close once draining.
 //!
 //! Like nginx's worker processes, each worker is one thread running a single-threaded event
 //! loop; the accept loop hands each new connection to the next worker, and the connection lives
 //! on that thread for its whole life, together with the backend connection it keeps
 //! ([`crate::backend`]). No request ever wakes another thread.
+//!
+//! At the edge (module `edge`): a new connection speaks HTTP/2 if it opens with the HTTP/2
+//! preface, HTTP/1 otherwise. HTTP/1 request heads are checked on their raw bytes (size,
+//! request line, framing headers, control characters) and must arrive within
+//! `--header-read-timeout`; a kept-alive connection idle for `--idle-timeout` is closed, and so
+//! is one whose client accepts no response data for that long. HTTP/2 connections get hyper's
+//! flood protections with explicit limits, and a GOAWAY after `--idle-timeout` without a request.
 
+mod edge;
+
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::admission::Gauge;
 use crate::backend::Affinity;
+use crate::body::{BoxError, ResponseBody};
+use crate::config::Config;
+use crate::headers::{ClientError, MAX_HEADERS};
 use crate::phase::{Phase, Phases};
 use crate::proxy::Proxy;
+use edge::{Activity, EdgeIo, Expiry, HeadTimer, RequestGuard, Watch};
 
-/// A client that opens a connection must send its request head within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams a client may have open at once on one connection, advertised in SETTINGS
+/// (HAProxy's `tune.h2.max-concurrent-streams` default and RFC 9113's recommended minimum;
+/// nginx's `http2_max_concurrent_streams` is 128).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 streams a client may reset before lameduck has accepted them, before it is told to go
+/// away (the rapid-reset attack, CVE-2023-44487); h2's own default.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2 streams lameduck may have to reset because of the client's errors, before it tells
+/// the client to go away; hyper's own default.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// How long a connection told to go away (GOAWAY) may take to close before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The limits of the client side, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--max-header-size`.
+    pub max_header_size: usize,
+    /// `--header-read-timeout`.
+    pub header_read_timeout: Duration,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Limits {
+        Limits {
+            max_header_size: config.max_header_size,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+        }
+    }
+}
 
 /// A new connection on its way to a worker.
 type Handoff = (std::net::TcpStream, SocketAddr);
 
 /// What every connection shares: the request path, the phase (to close gracefully once the
-/// drain stops admitting), and the count of open connections (the lifecycle lets them flush).
+/// drain stops admitting), the count of open connections (the lifecycle lets them flush), and
+/// the client side's limits.
 #[derive(Debug)]
 pub struct Shared {
     pub proxy: Proxy,
     pub phase: Phases,
     pub connections: Arc<Gauge>,
+    pub limits: Limits,
 }
 
 /// Starts one worker per core, then accepts connections and hands them out in turn, until the
@@ -58,11 +111,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         workers.push(worker);
     }
 
+    let mut errors = AcceptErrors::default();
     for turn in (0..workers.len()).cycle() {
         let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                errors.accepted();
+                accepted
+            }
             Err(err) => {
-                accept_error(err).await;
+                if let Some(pause) = errors.failed(&err) {
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
         };
@@ -89,13 +148,7 @@ fn spawn_worker(index: usize, shared: Arc<Shared>) -> io::Result<mpsc::Unbounded
 }
 
 async fn work(mut handoffs: mpsc::UnboundedReceiver<Handoff>, shared: Arc<Shared>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(Protocols::new(shared.limits));
     while let Some((stream, remote)) = handoffs.recv().await {
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -107,9 +160,75 @@ async fn work(mut handoffs: mpsc::UnboundedReceiver<Handoff>, shared: Arc<Shared
         tokio::spawn(connection(
             stream,
             remote,
-            Arc::clone(&builder),
+            Arc::clone(&protocols),
             Arc::clone(&shared),
         ));
+    }
+}
+
+/// hyper's servers for both protocols, as configured for every connection of a worker.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: Limits) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            // The edge refuses larger heads first, with a JSON body; this is hyper's own check
+            // behind it (for a head whose start hyper read before the edge could scan it).
+            .max_header_size(limits.max_header_size)
+            .max_headers(MAX_HEADERS)
+            // Enforced by each connection's own timer, which hyper's sleeps drive: see `edge`.
+            .header_read_timeout(limits.header_read_timeout)
+            .timer(TokioTimer::new());
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            // hyper answers a larger header list with 431, and a CONTINUATION flood (more
+            // frames than this list needs) with GOAWAY.
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
+        Protocols { http1, http2 }
+    }
+}
+
+/// One client connection served by hyper, in the protocol it speaks.
+enum Serving<S: HttpService<Incoming>> {
+    Http1(Pin<Box<http1::UpgradeableConnection<TokioIo<EdgeIo>, S>>>),
+    Http2(Pin<Box<http2::Connection<TokioIo<EdgeIo>, S, TokioExecutor>>>),
+}
+
+impl<S> Serving<S>
+where
+    S: HttpService<Incoming, ResBody = Tracked> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Serving::Http1(conn) => conn.as_mut().graceful_shutdown(),
+            Serving::Http2(conn) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl<S> std::future::Future for Serving<S>
+where
+    S: HttpService<Incoming, ResBody = Tracked> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        match self.get_mut() {
+            Serving::Http1(conn) => conn.as_mut().poll(cx),
+            Serving::Http2(conn) => conn.as_mut().poll(cx),
+        }
     }
 }
 
@@ -119,35 +238,73 @@ async fn work(mut handoffs: mpsc::UnboundedReceiver<Handoff>, shared: Arc<Shared
 /// yet is left to send it, and gets an answer (a 503, or a probe's) before it closes: closing it
 /// unanswered would fail a request the client had every right to make.
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     shared: Arc<Shared>,
 ) {
     let _open = shared.connections.enter_guarded();
+    let accepted = Instant::now();
     // Small responses must not wait for Nagle; a failure here only costs latency.
     let _ = stream.set_nodelay(true);
     let mut phase = shared.phase.subscribe();
+    let activity = Activity::new(shared.limits, accepted);
+
+    let limit = shared.limits.header_read_timeout;
+    let (http2, prefix) = match tokio::time::timeout(limit, edge::detect(&mut stream)).await {
+        Ok(Ok(Some(detected))) => detected,
+        Ok(Ok(None)) => return,
+        Ok(Err(err)) => {
+            debug!(%remote, error = %err, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            EdgeIo::answer(stream, activity, ClientError::HeadTimeout).await;
+            return;
+        }
+    };
 
     let served = Arc::new(AtomicBool::new(false));
     let affinity = Arc::new(Affinity::default());
     let service = service_fn({
         let served = Arc::clone(&served);
         let shared = Arc::clone(&shared);
-        move |req| {
+        let activity = Arc::clone(&activity);
+        move |req: Request<Incoming>| {
             served.store(true, Relaxed);
+            let request = activity.request();
             let shared = Arc::clone(&shared);
             let affinity = Arc::clone(&affinity);
-            async move { shared.proxy.handle(req, remote, &affinity).await }
+            async move {
+                let Ok(mut resp) = shared.proxy.handle(req, remote, &affinity).await;
+                if !http2 {
+                    // This hop speaks HTTP/1.1 whatever the backend spoke (an HTTP/1.0 backend
+                    // must not cost an HTTP/1.1 client its keep-alive); hyper answers an
+                    // HTTP/1.0 client in HTTP/1.0 by itself.
+                    *resp.version_mut() = Version::HTTP_11;
+                }
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, request }))
+            }
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
+    let io = TokioIo::new(EdgeIo::new(stream, prefix, Arc::clone(&activity), http2));
+    let mut conn = if http2 {
+        Serving::Http2(Box::pin(protocols.http2.serve_connection(io, service)))
+    } else {
+        let mut http1 = protocols.http1.clone();
+        http1.timer(HeadTimer(Arc::clone(&activity)));
+        Serving::Http1(Box::pin(
+            http1.serve_connection(io, service).with_upgrades(),
+        ))
+    };
 
     let mut closing = false;
+    // Once the connection is told to go away: when it is dropped if it has not closed by then.
+    let mut dropping_at: Option<tokio::time::Instant> = None;
+    let mut watch = Watch::new(&activity, http2);
     loop {
-        tokio::select! {
-            result = conn.as_mut() => {
+        let expiry = tokio::select! {
+            result = &mut conn => {
                 if let Err(err) = result {
                     debug!(%remote, error = %err, "connection ended with an error");
                 }
@@ -156,24 +313,149 @@ async fn connection(
             changed = phase.changed(), if !closing => {
                 let draining = changed.is_err() || *phase.borrow_and_update() >= Phase::Draining;
                 if draining && served.load(Relaxed) {
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful_shutdown();
                     closing = true;
                 }
+                continue;
             }
+            expiry = std::future::poll_fn(|cx| watch.poll_expiry(cx)), if dropping_at.is_none() => expiry,
+            () = sleep_until(dropping_at), if dropping_at.is_some() => return,
+        };
+        match expiry {
+            Expiry::Stalled => debug!(%remote, "the client accepts no response data; closing"),
+            Expiry::Idle => debug!(%remote, "idle connection; closing"),
+            Expiry::Flood => info!(%remote, "HTTP/2 control frame flood; closing the connection"),
         }
+        if !http2 {
+            // The client does not read: nothing graceful would reach it.
+            return;
+        }
+        conn.graceful_shutdown();
+        closing = true;
+        dropping_at = Some(tokio::time::Instant::now() + CLOSE_GRACE);
     }
 }
 
-/// Resets and aborts of connections not yet accepted are the client's business; running out of
-/// file descriptors is ours: back off briefly instead of spinning.
-async fn accept_error(err: io::Error) {
-    match err.kind() {
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {
-            debug!(error = %err, "accept")
+/// `tokio::time::sleep_until` for a deadline that may be absent (its `select!` arm is then
+/// disabled, and this never polled).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A response body as hyper sends it, counted as in progress until it ends, and watched for a
+/// client that stops accepting data (see `edge::Activity`).
+#[derive(Debug)]
+pub struct Tracked {
+    body: ResponseBody,
+    request: RequestGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        this.request.asked();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = frame {
+            this.request.handed();
         }
-        _ => {
-            warn!(error = %err, "accept failed; retrying shortly");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The accept loop's failures. Resets and aborts of connections not yet accepted are the
+/// client's business; anything else (running out of file descriptors, mostly) is ours: back
+/// off, doubling from 10 ms up to a second, and log at most once a second with the number of
+/// failures since the last line, instead of spinning and flooding the log.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    pause: Duration,
+    failures: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(1);
+
+    /// How long to wait before accepting again, if at all.
+    fn failed(&mut self, err: &io::Error) -> Option<Duration> {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        ) {
+            debug!(error = %err, "accept");
+            return None;
         }
+        self.failures += 1;
+        if self.should_log() {
+            warn!(error = %err, failures = self.failures, "accept failed; backing off");
+            self.failures = 0;
+        }
+        self.pause = (self.pause * 2).clamp(Self::FIRST_PAUSE, Self::LONGEST_PAUSE);
+        Some(self.pause)
+    }
+
+    fn should_log(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < Self::LOG_EVERY)
+        {
+            return false;
+        }
+        self.logged_at = Some(now);
+        true
+    }
+
+    fn accepted(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener out of file descriptors fails every accept: lameduck waits longer and longer
+    /// between attempts (never spinning), and logs once a second.
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off_and_log_once_a_second() {
+        let mut errors = AcceptErrors::default();
+        let emfile = io::Error::from_raw_os_error(24);
+        let start = tokio::time::Instant::now();
+        let (mut attempts, mut logged) = (0, 0);
+        while start.elapsed() < Duration::from_secs(10) {
+            let logged_before = errors.logged_at;
+            let pause = errors.failed(&emfile).expect("EMFILE backs off");
+            logged += usize::from(errors.logged_at != logged_before);
+            attempts += 1;
+            assert!(pause >= AcceptErrors::FIRST_PAUSE && pause <= AcceptErrors::LONGEST_PAUSE);
+            tokio::time::sleep(pause).await;
+        }
+        assert!(attempts <= 20, "{attempts} attempts in 10 s");
+        assert!((9..=11).contains(&logged), "{logged} log lines in 10 s");
+
+        errors.accepted();
+        assert_eq!(errors.failed(&emfile), Some(AcceptErrors::FIRST_PAUSE));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(errors.failed(&reset), None);
     }
 }

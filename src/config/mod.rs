@@ -96,6 +96,24 @@ pub struct Config {
     #[arg(default_value = "/health", value_parser = parse::path)]
     pub health_path: String,
 
+    /// Request head (request line and headers) larger than this: 431; a request line over
+    /// 8 KiB: 414. HTTP/2: the header list size advertised and enforced
+    #[arg(long, env = "LAMEDUCK_MAX_HEADER_SIZE", value_name = "SIZE")]
+    #[arg(default_value = "32KiB", value_parser = parse::size)]
+    pub max_header_size: usize,
+
+    /// A client's request head not complete by then (counted from its first byte, or from the
+    /// connection's start for its first request): 408 and close
+    #[arg(long, env = "LAMEDUCK_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    #[arg(default_value = "10s", value_parser = parse::timeout)]
+    pub header_read_timeout: Duration,
+
+    /// Close a client connection idle this long between requests, or whose client accepts no
+    /// response data this long; never an upgraded connection
+    #[arg(long, env = "LAMEDUCK_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[arg(default_value = "60s", value_parser = parse::timeout)]
+    pub idle_timeout: Duration,
+
     /// At the drain deadline, end event streams with a server_restarting event: on or off
     #[arg(long, env = "LAMEDUCK_SSE_SHUTDOWN_EVENT", value_name = "on|off")]
     #[arg(default_value = "on", value_parser = parse::switch, action = ArgAction::Set)]
@@ -259,6 +277,7 @@ fn command() -> clap::Command {
         .override_usage("lameduck [OPTIONS] [-- COMMAND [ARG]...]")
         .after_help(
             "DURATION: 500ms, 30s, 2m, 1h, or a bare number of seconds.\n\
+             SIZE: bytes, or with a unit: 64k, 32KiB, 1MiB (k and KiB both mean 1024).\n\
              Precedence: flag > env var > --config file > cerebrium.toml > default.",
         )
 }

@@ -28,6 +28,40 @@ pub(super) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|_| EXPECTED.to_string())
 }
 
+/// A duration above zero: a timeout that is always on.
+pub(super) fn timeout(value: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a duration above zero such as 500ms, 10s, 2m or 60";
+    match duration(value) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(EXPECTED.to_string()),
+    }
+}
+
+/// The smallest and largest header size limits: below 1 KiB ordinary browser requests fail;
+/// above 16 MiB a limit protects nothing.
+const SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
+
+/// A size in bytes: `65536`, or with a unit as nginx and Kubernetes write them: `64k`, `64K`,
+/// `64KB`, `64KiB`, `1m`, `1MiB` (every unit is a power of 1024), between 1 KiB and 16 MiB.
+pub(super) fn size(value: &str) -> Result<usize, String> {
+    const EXPECTED: &str = "expected a size between 1KiB and 16MiB such as 32KiB, 64k or 65536";
+    let value = value.trim();
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = value.split_at(digits);
+    let scale = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(EXPECTED.to_string()),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|bytes| SIZE_RANGE.contains(bytes))
+        .ok_or_else(|| EXPECTED.to_string())
+}
+
 /// A TCP port, 0 included (the kernel picks one).
 pub(super) fn port(value: &str) -> Result<u16, String> {
     value
@@ -176,6 +210,44 @@ mod tests {
         assert!(duration("").is_err());
         assert!(duration("-1s").is_err());
         assert!(duration("-1").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_durations_above_zero() {
+        assert_eq!(timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(timeout("60"), Ok(Duration::from_secs(60)));
+        for bad in ["0s", "0", "", "soon", "-1s"] {
+            assert!(timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_bytes_and_units_of_1024() {
+        assert_eq!(size("32KiB"), Ok(32 * 1024));
+        assert_eq!(size("64k"), Ok(64 * 1024));
+        assert_eq!(size("64K"), Ok(64 * 1024));
+        assert_eq!(size("16kb"), Ok(16 * 1024));
+        assert_eq!(size("65536"), Ok(65536));
+        assert_eq!(size("4096b"), Ok(4096));
+        assert_eq!(size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(size("2 m"), Ok(2 * 1024 * 1024));
+        assert_eq!(size("1KiB"), Ok(1024));
+        assert_eq!(size("16MiB"), Ok(16 * 1024 * 1024));
+        for bad in [
+            "",
+            "k",
+            "32 KiB B",
+            "1.5k",
+            "-1k",
+            "32GiB",
+            "1023",
+            "17MiB",
+            "0",
+            "99999999999999999999k",
+        ] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole lameduck acceptance harness (see README.md in this folder).
 #   tests/acceptance/run_all.sh [--install] [--out DIR]
-# --install: pip-install uvicorn / apt-get install haproxy when missing.
+# --install: pip-install uvicorn, h2, ... / apt-get install haproxy when missing.
 # Exit status: 0 when every check passes (the `direct` baselines only report), 1 otherwise.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,8 +20,8 @@ out="${out:-$(mktemp -d /tmp/lameduck-acc-XXXXXX)}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 
-pip_packages="uvicorn websockets grpcio grpcio-tools prometheus_client"
-if ! "$py" -c 'import uvicorn, websockets, grpc, grpc_tools, prometheus_client' 2>/dev/null; then
+pip_packages="uvicorn websockets grpcio grpcio-tools prometheus_client h2"
+if ! "$py" -c 'import uvicorn, websockets, grpc, grpc_tools, prometheus_client, h2' 2>/dev/null; then
   if [ $install = 1 ]; then "$py" -m pip install --quiet $pip_packages; else echo "python packages missing: $py -m pip install $pip_packages (or pass --install)" >&2; exit 2; fi
 fi
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
@@ -50,6 +50,7 @@ run "B lameduck (retries 3, redispatch)"        "$here/check_rolling.py" --mode 
 run "B direct baseline (retries 3, redispatch)" "$here/check_rolling.py" --mode direct --retries 3 --redispatch
 run "C streaming, WebSockets, HTTP/2, gRPC"    "$here/check_streaming.py"
 run "D admission, configuration, observability" "$here/check_admission.py"
+run "E edge: strict HTTP/1, slow clients, HTTP/2 floods" "$here/check_edge.py"
 echo "=================== summary (logs and JSON results in $out)"
 printf '%s\n' "${summary[@]}"
 "$py" - "$out" <<'PYEOF'

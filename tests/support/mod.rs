@@ -11,6 +11,8 @@
 //! behind either.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
