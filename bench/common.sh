@@ -34,3 +34,91 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_http URL [STATUS]: polls until URL answers STATUS (default 200), at most 10 s.
+wait_http() {
+  for _ in $(seq 100); do
+    [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$1") == "${2:-200}" ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# cpu_ticks PID...: user+sys clock ticks the processes have used so far.
+cpu_ticks() {
+  local t=0 p v
+  for p in "$@"; do
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+NGINX_USER=""
+[[ $EUID -eq 0 ]] && NGINX_USER="user root;" # workers must read $TMP (mode 0700)
+
+# start_nginx_backend: nginx (1 worker) answering `return 200 "ok"` on P_BACKEND.
+start_nginx_backend() {
+  P_BACKEND=$(free_port)
+  mkdir -p "$TMP/backend"
+  cat >"$TMP/backend/nginx.conf" <<CONF
+$NGINX_USER
+worker_processes 1;
+pid $TMP/backend/nginx.pid;
+error_log $TMP/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$P_BACKEND; location / { return 200 "ok"; } }
+}
+CONF
+  nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' 2>"$TMP/backend.log" &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$P_BACKEND/" || die "the nginx backend did not start"
+}
+
+# start_nginx_proxy: nginx proxy_pass to P_BACKEND with a keep-alive pool, on P_NGINX
+# (master NGINX_PID); room for tens of thousands of connections.
+start_nginx_proxy() {
+  P_NGINX=$(free_port)
+  mkdir -p "$TMP/proxy"
+  cat >"$TMP/proxy/nginx.conf" <<CONF
+$NGINX_USER
+worker_processes auto;
+worker_rlimit_nofile 65536;
+pid $TMP/proxy/nginx.pid;
+error_log $TMP/proxy/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$P_BACKEND; keepalive 128; }
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+  nginx -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g 'daemon off;' 2>"$TMP/proxy.log" &
+  NGINX_PID=$!
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$P_NGINX/" || die "the nginx proxy did not start"
+}
+
+# lameduck_port LOG [TENTHS]: the port a lameduck started with `--port 0` logged in its
+# `listening` line, waiting for it at most TENTHS tenths of a second (default 100).
+lameduck_port() {
+  local port=""
+  for _ in $(seq "${2:-100}"); do
+    port=$(sed -n 's/.*listening.*address=[0-9.]*:\([0-9]*\).*/\1/p' "$1" | head -1)
+    [[ -n $port ]] && { echo "$port"; return 0; }
+    sleep 0.1
+  done
+  cat "$1" >&2
+  die "lameduck did not log its port"
+}

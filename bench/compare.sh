@@ -20,83 +20,19 @@ BEFORE=${1:?usage: bench/compare.sh BEFORE_BIN [AFTER_BIN]}
 if [[ -n ${2:-} ]]; then AFTER=$2; else build_lameduck; AFTER=$LAMEDUCK; fi
 install_missing nginx:nginx-light wrk:wrk curl:curl
 
-wait_http() { # URL [STATUS]
-  for _ in $(seq 100); do
-    [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$1") == "${2:-200}" ]] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-cpu_ticks() { # user+sys clock ticks of the given pids
-  local t=0 p v
-  for p in "$@"; do
-    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
-
-P_BACKEND=$(free_port)
-P_NGINX=$(free_port)
-mkdir -p "$TMP/backend" "$TMP/proxy"
-USER_LINE=""
-[[ $EUID -eq 0 ]] && USER_LINE="user root;"
-cat >"$TMP/backend/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $TMP/backend/nginx.pid;
-error_log $TMP/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_BACKEND; location / { return 200 "ok"; } }
-}
-EOF
-cat >"$TMP/proxy/nginx.conf" <<EOF
-$USER_LINE
-worker_processes auto;
-pid $TMP/proxy/nginx.pid;
-error_log $TMP/proxy/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$P_BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:$P_NGINX;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' 2>"$TMP/backend.log" &
-PIDS+=($!)
-nginx -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g 'daemon off;' 2>"$TMP/proxy.log" &
-NGINX_PID=$!
-PIDS+=($!)
+start_nginx_backend
+start_nginx_proxy
 
 # start_lameduck NAME BIN: --port 0, the bound port read from the `listening` line.
 declare -A PORT PIDOF
 start_lameduck() {
-  local log="$TMP/$1.log" port=""
+  local log="$TMP/$1.log"
   "$2" --port 0 --bind 127.0.0.1 --upstream "http://127.0.0.1:$P_BACKEND" >"$log" 2>&1 &
   PIDOF[$1]=$!
   PIDS+=($!)
-  for _ in $(seq 100); do
-    port=$(sed -n 's/.*listening.*address=[0-9.]*:\([0-9]*\).*/\1/p' "$log" | head -1)
-    [[ -n $port ]] && break
-    sleep 0.1
-  done
-  [[ -n $port ]] || { cat "$log" >&2; die "$1 did not log its port"; }
-  PORT[$1]=$port
-  wait_http "http://127.0.0.1:$port/ready" || die "$1 never became ready"
+  PORT[$1]=$(lameduck_port "$log")
+  wait_http "http://127.0.0.1:${PORT[$1]}/ready" || die "$1 never became ready"
 }
-wait_http "http://127.0.0.1:$P_BACKEND/" || die "backend nginx did not start"
-wait_http "http://127.0.0.1:$P_NGINX/" || die "proxy nginx did not start"
 start_lameduck before "$BEFORE"
 start_lameduck after "$AFTER"
 PORT[nginx]=$P_NGINX

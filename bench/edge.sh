@@ -21,61 +21,13 @@ if [[ -n ${1:-} ]]; then LAMEDUCK=$1; else build_lameduck; fi
 install_missing nginx:nginx-light wrk:wrk curl:curl
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-P_BACKEND=$(free_port)
-P_NGINX=$(free_port)
-mkdir -p "$TMP/backend" "$TMP/proxy"
-USER_LINE=""
-[[ $EUID -eq 0 ]] && USER_LINE="user root;"
-cat >"$TMP/backend/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $TMP/backend/nginx.pid;
-error_log $TMP/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_BACKEND; location / { return 200 "ok"; } }
-}
-EOF
-cat >"$TMP/proxy/nginx.conf" <<EOF
-$USER_LINE
-worker_processes auto;
-worker_rlimit_nofile 65536;
-pid $TMP/proxy/nginx.pid;
-error_log $TMP/proxy/error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$P_BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:$P_NGINX;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' 2>"$TMP/backend.log" &
-PIDS+=($!)
-nginx -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g 'daemon off;' 2>"$TMP/proxy.log" &
-PIDS+=($!)
+start_nginx_backend
+start_nginx_proxy
 "$LAMEDUCK" --port 0 --bind 127.0.0.1 --upstream "http://127.0.0.1:$P_BACKEND" >"$TMP/ld.log" 2>&1 &
 LD_PID=$!
 PIDS+=($LD_PID)
-P_LAMEDUCK=""
-for _ in $(seq 100); do
-  P_LAMEDUCK=$(sed -n 's/.*listening.*address=[0-9.]*:\([0-9]*\).*/\1/p' "$TMP/ld.log" | head -1)
-  [[ -n $P_LAMEDUCK ]] && break
-  sleep 0.1
-done
-[[ -n $P_LAMEDUCK ]] || { cat "$TMP/ld.log" >&2; die "lameduck did not log its port"; }
-for port in "$P_BACKEND" "$P_NGINX" "$P_LAMEDUCK"; do
-  for _ in $(seq 100); do curl -s -o /dev/null -m 1 "http://127.0.0.1:$port/" && break; sleep 0.1; done
-done
+P_LAMEDUCK=$(lameduck_port "$TMP/ld.log")
+wait_http "http://127.0.0.1:$P_LAMEDUCK/ready" || die "lameduck never became ready"
 
 # The held connections: IDLE that each send one request and keep the connection, SLOW that
 # dribble a request head one byte every 2 s. Prints how many of each are still open every
@@ -124,8 +76,6 @@ async def main():
 asyncio.run(main())
 EOF
 
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 echo "| proxy | held idle / slowloris at the start | after the run | req/s | p50 | p99 | lameduck RSS |"
 echo "|---|---|---|---:|---:|---:|---:|"

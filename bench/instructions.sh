@@ -15,40 +15,19 @@ source "$ROOT/bench/common.sh"
 N=${N:-4000}
 install_missing nginx:nginx-light ab:apache2-utils valgrind:valgrind curl:curl
 
-P_BACKEND=$(free_port)
-mkdir -p "$TMP/backend"
-USER_LINE=""
-[[ $EUID -eq 0 ]] && USER_LINE="user root;"
-cat >"$TMP/backend/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $TMP/backend/nginx.pid;
-error_log $TMP/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_BACKEND; location / { return 200 "ok"; } }
-}
-EOF
-nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' 2>"$TMP/backend.log" &
-PIDS+=($!)
+start_nginx_backend
 
 # instructions BIN REQUESTS: total instructions lameduck ran to start, serve REQUESTS, and stop.
 instructions() {
-  local out="$TMP/callgrind.out" log="$TMP/ld.log" port="" pid
+  local out="$TMP/callgrind.out" log="$TMP/ld.log" port pid
   rm -f "$out".*
   valgrind --tool=callgrind --callgrind-out-file="$out.%p" --trace-children=no \
     "$1" --port 0 --bind 127.0.0.1 --upstream "http://127.0.0.1:$P_BACKEND" --grace-period 5s \
     >"$log" 2>&1 &
   pid=$!
   PIDS+=($pid)
-  for _ in $(seq 300); do
-    port=$(sed -n 's/.*listening.*address=[0-9.]*:\([0-9]*\).*/\1/p' "$log" | head -1)
-    [[ -n $port ]] && curl -s -o /dev/null -m 2 "http://127.0.0.1:$port/ready" && break
-    sleep 0.2
-  done
-  [[ -n $port ]] || { cat "$log" >&2; die "lameduck did not start under valgrind"; }
+  port=$(lameduck_port "$log" 600) # valgrind starts slowly
+  wait_http "http://127.0.0.1:$port/ready" || die "lameduck never became ready under valgrind"
   ab -q -k -c 16 -n "$2" "http://127.0.0.1:$port/" >"$TMP/ab.txt" 2>&1 || { cat "$TMP/ab.txt" >&2; die "ab failed"; }
   grep -q "^Failed requests: *0" "$TMP/ab.txt" || { cat "$TMP/ab.txt" >&2; die "requests failed"; }
   kill -TERM "$pid"
