@@ -40,6 +40,17 @@ pub enum Admit {
     Refused,
 }
 
+#[cfg(test)]
+impl Admit {
+    /// The request's guard, for a test that expects it admitted now.
+    pub fn now(self) -> InFlight {
+        match self {
+            Admit::Now(in_flight) => in_flight,
+            other => panic!("expected the request admitted now, got {other:?}"),
+        }
+    }
+}
+
 /// A concurrency slot could not be had within `--queue-timeout`.
 #[derive(Debug)]
 pub struct AtCapacity;
@@ -250,17 +261,13 @@ mod tests {
         let (writer, phases) = phase::cell();
         writer.set(Phase::Ready);
         let admission = Admission::new(phases, 1);
-        let Admit::Now(mut first) = admission.admit() else {
-            panic!("ready must admit")
-        };
+        let mut first = admission.admit().now();
         admission
             .take_slot(&mut first, Duration::ZERO)
             .await
             .unwrap();
         assert!(admission.at_capacity());
-        let Admit::Now(mut second) = admission.admit() else {
-            panic!("ready must admit")
-        };
+        let mut second = admission.admit().now();
         assert!(admission
             .take_slot(&mut second, Duration::ZERO)
             .await
@@ -291,9 +298,7 @@ mod tests {
         let (writer, phases) = phase::cell();
         writer.set(Phase::Ready);
         let admission = Admission::new(phases, 0);
-        let Admit::Now(guard) = admission.admit() else {
-            panic!("ready must admit")
-        };
+        let guard = admission.admit().now();
         let waiter = tokio::spawn({
             let admission = Arc::clone(&admission);
             async move { admission.wait_idle().await }

@@ -728,9 +728,7 @@ mod tests {
 
         /// A request in flight that ends when the cut comes, as a streamed response does.
         fn request_until_cut(&self) -> tokio::task::JoinHandle<Instant> {
-            let Admit::Now(in_flight) = self.admission.admit() else {
-                panic!("a ready lifecycle admits")
-            };
+            let in_flight = self.admission.admit().now();
             let cut = Arc::clone(&self.cut);
             tokio::spawn(async move {
                 cut.signal().await;
@@ -755,9 +753,7 @@ mod tests {
     #[tokio::test]
     async fn the_drain_waits_for_the_last_request_and_no_longer() {
         let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
-        let Admit::Now(request) = life.admission.admit() else {
-            panic!("a ready lifecycle admits")
-        };
+        let request = life.admission.admit().now();
         let signalled = Instant::now();
         life.signal(SIGTERM);
         life.reach(Phase::Draining).await;
@@ -789,9 +785,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_ignores_the_cut_gets_only_the_cut_grace() {
         let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
-        let Admit::Now(_stuck) = life.admission.admit() else {
-            panic!("a ready lifecycle admits")
-        };
+        let _stuck = life.admission.admit().now();
         let signalled = Instant::now();
         life.signal(SIGTERM);
         assert_eq!(life.task.await.unwrap(), exit::FORCED);
@@ -833,9 +827,7 @@ mod tests {
         life.signal(SIGTERM);
         life.reach(Phase::DrainDelay).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let Admit::Now(late) = life.admission.admit() else {
-            panic!("the drain delay still admits")
-        };
+        let late = life.admission.admit().now();
         drop(late);
         life.reach(Phase::Draining).await;
         // 1 s after the last arrival, not 5 s after SIGTERM.
@@ -874,9 +866,7 @@ mod tests {
         for args in configurations {
             let budget = Budget::fit(&config(args)).unwrap();
             let life = ready(args).await;
-            let Admit::Now(_stuck) = life.admission.admit() else {
-                panic!("a ready lifecycle admits")
-            };
+            let _stuck = life.admission.admit().now();
             let signalled = Instant::now();
             life.signal(SIGTERM);
             assert_eq!(life.task.await.unwrap(), exit::FORCED, "{args:?}");
@@ -906,9 +896,7 @@ mod tests {
         life.signal(SIGTERM);
         life.reach(Phase::DrainDelay).await;
         tokio::time::sleep(Duration::from_millis(6900)).await;
-        let Admit::Now(late) = life.admission.admit() else {
-            panic!("the drain delay still admits")
-        };
+        let late = life.admission.admit().now();
         drop(late);
         life.reach(Phase::Draining).await;
         assert_at(signalled.elapsed(), Duration::from_secs(7));

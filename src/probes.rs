@@ -146,7 +146,6 @@ impl Probes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Admit;
     use crate::phase;
 
     #[test]
@@ -183,9 +182,7 @@ mod tests {
         writer.set(Phase::Ready);
         let admission = Admission::new(phases.clone(), 1);
         let probes = Probes::new(phases, Arc::clone(&admission));
-        let Admit::Now(mut held) = admission.admit() else {
-            panic!("ready must admit")
-        };
+        let mut held = admission.admit().now();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
