@@ -321,10 +321,7 @@ pub fn trampoline(args: &[OsString]) -> ExitCode {
         .map(|word| CString::new(word.clone().into_vec()))
         .collect();
     let errno = match words {
-        Ok(words) => match nix::unistd::execvp(&words[0], &words) {
-            Err(errno) => errno,
-            Ok(never) => match never {},
-        },
+        Ok(words) => exec_from_path(&words),
         // A word holding a NUL byte cannot be passed to a program.
         Err(_) => Errno::EINVAL,
     };
@@ -337,6 +334,43 @@ pub fn trampoline(args: &[OsString]) -> ExitCode {
         let _ = pipe.write_all(&(errno as i32).to_ne_bytes());
     }
     ExitCode::from(if errno == Errno::ENOENT { 127 } else { 126 })
+}
+
+/// Runs `words[0]`, looked up in `PATH` unless it names a path, as `std::process::Command`
+/// does: unlike `execvp`, a file the kernel cannot run (no `#!` line) is an error (ENOEXEC, so
+/// 126), not a script handed to `/bin/sh`. Returns only the error.
+fn exec_from_path(words: &[CString]) -> Errno {
+    let program = words[0].as_bytes();
+    let exec = |path: &CString| match nix::unistd::execv(path, words) {
+        Err(errno) => errno,
+        Ok(never) => match never {},
+    };
+    if program.contains(&b'/') {
+        return exec(&words[0]);
+    }
+    let path = std::env::var_os("PATH").map_or_else(
+        || b"/usr/local/bin:/usr/bin:/bin".to_vec(),
+        std::os::unix::ffi::OsStringExt::into_vec,
+    );
+    // As execvp: a directory without the file, or not a directory, is passed over; a file
+    // found but not executable is reported only if no later directory has a runnable one.
+    let mut denied = false;
+    for dir in path.split(|&byte| byte == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let Ok(candidate) = CString::new([dir, b"/", program].concat()) else {
+            continue;
+        };
+        match exec(&candidate) {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => denied = true,
+            errno => return errno,
+        }
+    }
+    if denied {
+        Errno::EACCES
+    } else {
+        Errno::ENOENT
+    }
 }
 
 /// Reaps orphans forever: what PID 1 must do when there is no child to supervise.

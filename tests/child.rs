@@ -92,6 +92,20 @@ async fn a_missing_command_exits_127_and_a_non_executable_one_126() {
         "{}",
         ld.log()
     );
+
+    // Executable, but no program the kernel can run (no `#!` line): not handed to /bin/sh.
+    let path = dir.join("not-a-program");
+    std::fs::write(&path, "this is not a program\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut ld = Builder::with_command(&[path.to_str().unwrap()])
+        .spawn()
+        .await;
+    ld.expect_exit(126).await;
+    assert!(
+        ld.log().contains("cannot start the backend") && ld.log().contains("Exec format error"),
+        "{}",
+        ld.log()
+    );
 }
 
 /// Kills a process when dropped, so that a failing test leaves none behind.
