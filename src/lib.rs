@@ -29,7 +29,7 @@
 //!   graceful close.
 //! - [`proxy`]: the request path: local endpoints, admission, forwarding, every error response.
 //! - [`headers`]: every header rule (hop-by-hop, `X-Forwarded-*`, `Connection: close`).
-//! - [`backend`]: every connection to the backend (kept, pooled, upgrade, probe), its timeouts
+//! - [`backend`]: every connection to the backend (per-worker idle links, pooled, upgrade, probe), its timeouts
 //!   and its errors.
 //! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
 //! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.

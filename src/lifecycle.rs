@@ -352,6 +352,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             config.upstream.clone(),
             config.upstream_protocol,
             config.backend_timeout,
+            config.upstream_idle_max,
         ));
         let connections = Arc::new(Gauge::default());
         let proxy = Proxy::new(
@@ -365,6 +366,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         );
         let shared = Arc::new(Shared {
             proxy,
+            backend: Arc::clone(&backend),
             phase: phases,
             connections: Arc::clone(&connections),
             limits: server::Limits::new(&config),

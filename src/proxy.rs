@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::admission::{Admission, Admit, InFlight};
-use crate::backend::{Affinity, Backend, BackendError};
+use crate::backend::{Backend, BackendError};
 use crate::body::{Announced, ResponseBody};
 use crate::config::Config;
 use crate::cut::{Cut, Ending};
@@ -80,28 +80,21 @@ impl Proxy {
     }
 
     /// Answers one request from a client at `remote`. Never fails: every problem becomes a
-    /// response. `affinity`: the backend connection kept by the client connection this request
-    /// came on.
+    /// response.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
-        affinity: &Arc<Affinity>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let version = req.version();
-        let mut resp = self.answer(req, remote, affinity).await;
+        let mut resp = self.answer(req, remote).await;
         let status = resp.status();
         let shutting_down = self.phase.get().is_shutting_down();
         headers::close_when_shutting_down(version, shutting_down, status, resp.headers_mut());
         Ok(resp)
     }
 
-    async fn answer(
-        &self,
-        req: Request<Incoming>,
-        remote: SocketAddr,
-        affinity: &Arc<Affinity>,
-    ) -> Response<ResponseBody> {
+    async fn answer(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
         if let Err(err) = headers::check_request(&req) {
             return client_error(err, req.version());
         }
@@ -118,7 +111,7 @@ impl Proxy {
             }
         }
         let observation = self.telemetry.observe(req.method(), path);
-        let mut resp = match self.admit_and_forward(req, remote, affinity).await {
+        let mut resp = match self.admit_and_forward(req, remote).await {
             Ok(resp) => resp,
             Err(failure) => {
                 if let Failure::Backend(err) = &failure {
@@ -138,7 +131,6 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
-        affinity: &Arc<Affinity>,
     ) -> Result<Response<ResponseBody>, Failure> {
         let mut in_flight = match self.admission.admit() {
             Admit::Now(in_flight) => in_flight,
@@ -161,7 +153,7 @@ impl Proxy {
             }
         };
         slot.map_err(|_| Failure::AtCapacity)?;
-        self.forward(req, remote, in_flight, affinity).await
+        self.forward(req, remote, in_flight).await
     }
 
     async fn forward(
@@ -169,7 +161,6 @@ impl Proxy {
         mut req: Request<Incoming>,
         remote: SocketAddr,
         in_flight: InFlight,
-        affinity: &Arc<Affinity>,
     ) -> Result<Response<ResponseBody>, Failure> {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -185,7 +176,7 @@ impl Proxy {
 
         let sent = tokio::select! {
             biased;
-            sent = self.backend.send(Request::from_parts(parts, body), affinity, upgrade.is_some()) => sent,
+            sent = self.backend.send(Request::from_parts(parts, body), upgrade.is_some()) => sent,
             // The drain deadline came before the backend answered: the client may retry.
             () = self.cut.signal() => {
                 self.cut.count(Ending::Refused);

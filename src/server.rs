@@ -3,8 +3,8 @@
 //!
 //! Like nginx's worker processes, each worker is one thread running a single-threaded event
 //! loop; the accept loop hands each new connection to the next worker, and the connection lives
-//! on that thread for its whole life, together with the backend connection it keeps
-//! ([`crate::backend`]). No request ever wakes another thread.
+//! on that thread for its whole life; the backend connections its requests use come from the
+//! worker's own idle set ([`crate::backend`]). No request ever wakes another thread.
 //!
 //! At the edge (module `edge`): a new connection speaks HTTP/2 if it opens with the HTTP/2
 //! preface, HTTP/1 otherwise. HTTP/1 request heads are checked on their raw bytes (size,
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::admission::Gauge;
-use crate::backend::Affinity;
+use crate::backend::Backend;
 use crate::body::{BoxError, ResponseBody};
 use crate::config::Config;
 use crate::headers::{ClientError, MAX_HEADERS};
@@ -83,10 +83,11 @@ type Handoff = (std::net::TcpStream, SocketAddr);
 
 /// What every connection shares: the request path, the phase (to close gracefully once the
 /// drain stops admitting), the count of open connections (the lifecycle lets them flush), and
-/// the client side's limits.
+/// the client side's limits; and the backend, whose idle connections each worker sweeps.
 #[derive(Debug)]
 pub struct Shared {
     pub proxy: Proxy,
+    pub backend: Arc<Backend>,
     pub phase: Phases,
     pub connections: Arc<Gauge>,
     pub limits: Limits,
@@ -149,6 +150,8 @@ fn spawn_worker(index: usize, shared: Arc<Shared>) -> io::Result<mpsc::Unbounded
 
 async fn work(mut handoffs: mpsc::UnboundedReceiver<Handoff>, shared: Arc<Shared>) {
     let protocols = Arc::new(Protocols::new(shared.limits));
+    let backend = Arc::clone(&shared.backend);
+    tokio::spawn(async move { backend.sweep_idle_links().await });
     while let Some((stream, remote)) = handoffs.recv().await {
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -265,7 +268,6 @@ async fn connection(
     };
 
     let served = Arc::new(AtomicBool::new(false));
-    let affinity = Arc::new(Affinity::default());
     let service = service_fn({
         let served = Arc::clone(&served);
         let shared = Arc::clone(&shared);
@@ -274,9 +276,8 @@ async fn connection(
             served.store(true, Relaxed);
             let request = activity.request();
             let shared = Arc::clone(&shared);
-            let affinity = Arc::clone(&affinity);
             async move {
-                let Ok(mut resp) = shared.proxy.handle(req, remote, &affinity).await;
+                let Ok(mut resp) = shared.proxy.handle(req, remote).await;
                 if !http2 {
                     // This hop speaks HTTP/1.1 whatever the backend spoke (an HTTP/1.0 backend
                     // must not cost an HTTP/1.1 client its keep-alive); hyper answers an

@@ -207,8 +207,79 @@ async fn a_backend_that_breaks_mid_response_does_not_take_lameduck_down() {
     assert_eq!(get(ld.port, "/ready").await.unwrap().status, StatusCode::OK);
 }
 
+/// A backend that serves at most `limit` connections at once, like uvicorn's
+/// `--limit-concurrency` or Node's `server.maxConnections`: one more is answered 503 and closed.
+async fn backend_with_connection_limit(limit: usize) -> u16 {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            if open.fetch_add(1, SeqCst) >= limit {
+                open.fetch_sub(1, SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfull")
+                    .await;
+                continue;
+            }
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(b"served"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                open.fetch_sub(1, SeqCst);
+            });
+        }
+    });
+    port
+}
+
+/// Idle clients must not pin backend connections: sixty keep-alive clients, each sending one
+/// request in turn and keeping its connection open, all reach a backend that serves four
+/// connections at once, twice over.
 #[tokio::test]
-async fn a_client_connection_keeps_its_backend_connection_and_survives_its_close() {
+async fn idle_clients_do_not_pin_backend_connections() {
+    let upstream_port = backend_with_connection_limit(4).await;
+    let ld = Builder::without_child(upstream_port).spawn().await;
+    ld.wait_ready().await;
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        clients.push(sender);
+    }
+    for round in 0..2 {
+        for (index, client) in clients.iter_mut().enumerate() {
+            let resp = client.send_request(get_request("/")).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                (status, &body[..]),
+                (StatusCode::OK, &b"served"[..]),
+                "client {index} in round {round}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn sequential_requests_share_a_backend_connection_and_survive_its_close() {
     let ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
@@ -227,7 +298,7 @@ async fn a_client_connection_keeps_its_backend_connection_and_survives_its_close
             String::from_utf8(body.to_bytes().to_vec()).unwrap()
         }
     };
-    // Three requests on one client connection travel on one backend connection.
+    // Requests one after another travel on one backend connection (the worker's idle one).
     let first = peer("/peer").await;
     assert_eq!(peer("/peer").await, first);
     // The backend closes it after this response...
@@ -236,4 +307,31 @@ async fn a_client_connection_keeps_its_backend_connection_and_survives_its_close
     let next = peer("/peer").await;
     assert_ne!(next, first);
     assert_eq!(peer("/peer").await, next);
+}
+
+#[tokio::test]
+async fn with_no_idle_backend_connections_kept_each_request_gets_a_new_one() {
+    let ld = Builder::with_backend()
+        .args(&["--upstream-idle-max", "0"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let resp = sender.send_request(get_request("/peer")).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        ports.push(String::from_utf8(body.to_vec()).unwrap());
+    }
+    assert!(
+        ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2],
+        "{ports:?}"
+    );
 }

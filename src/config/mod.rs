@@ -149,6 +149,12 @@ pub struct Config {
     #[arg(value_parser = parse::duration)]
     pub backend_timeout: Option<Duration>,
 
+    /// Idle backend connections kept per worker thread for the next requests (a backend
+    /// connection is held only while a request uses it); 0 keeps none
+    #[arg(long, env = "LAMEDUCK_UPSTREAM_IDLE_MAX", value_name = "N")]
+    #[arg(default_value = "32", value_parser = parse::count)]
+    pub upstream_idle_max: usize,
+
     /// Serve Prometheus metrics at this path
     #[arg(long, env = "LAMEDUCK_METRICS_PATH", value_name = "PATH")]
     #[arg(value_parser = parse::path)]

@@ -83,6 +83,13 @@ pub(super) fn limit(value: &str) -> Result<usize, String> {
         .map_err(|_| "expected a whole number (0 for no limit)".to_string())
 }
 
+/// A whole number, 0 included.
+pub(super) fn count(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a whole number".to_string())
+}
+
 /// `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, in any case.
 pub(super) fn switch(value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {

@@ -145,7 +145,8 @@ fn frame_body() -> (mpsc::Sender<Frame<Bytes>>, Body) {
     (tx, BodyExt::boxed(StreamBody::new(stream)))
 }
 
-/// Appends a line to the file named by the environment variable `var`, if set.
+/// Appends a line to the file named by the environment variable `var`, if set, in one write
+/// (`writeln!` may write the line and its newline apart, and two connections' lines then mix).
 fn log_line(var: &str, line: &str) {
     if let Some(path) = std::env::var_os(var) {
         let mut file = std::fs::OpenOptions::new()
@@ -153,7 +154,8 @@ fn log_line(var: &str, line: &str) {
             .append(true)
             .open(path)
             .expect("log file");
-        writeln!(file, "{line}").expect("write log");
+        file.write_all(format!("{line}\n").as_bytes())
+            .expect("write log");
     }
 }
 

@@ -2,11 +2,11 @@
 //!
 //! Requests reach the backend three ways, chosen by [`Backend::send`]:
 //!
-//! - **Kept link** (HTTP/1.1 client, HTTP/1.1 backend, no upgrade): an HTTP/1.1 client
-//!   connection carries one request at a time, so it keeps one backend connection of its own
-//!   ([`Affinity`]) and drives it from its own task, while the request waits for its response
-//!   head and then while the response body streams (the body polls the [`Lease`]). No pool, no
-//!   lock contention, no hop to another task per request.
+//! - **Link** (HTTP/1.1 client, HTTP/1.1 backend, no upgrade): a connection from this worker
+//!   thread's idle set, or a new one ([`links`]), held only while the request uses it: the
+//!   request's own task drives it while waiting for the response head, then the response body
+//!   does, through its [`Lease`], and gives it back at the end. No lock, no hop to another task
+//!   per request, and no backend connection held by an idle client.
 //! - **Pool** (HTTP/2 clients, many requests at once; or `--upstream-protocol http2`): hyper's
 //!   pooled client.
 //! - **Upgrade** (WebSockets): a fresh HTTP/1.1 connection that becomes the tunnel (HTTP/2 has
@@ -19,10 +19,9 @@
 //! client's body is malformed or cut short, the error says so ([`BackendError::ClientBody`]): the
 //! client's fault, not the backend's.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,20 +31,19 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::config::{Protocol, Upstream};
+pub use links::Lease;
+use links::{Home, Link, IDLE_TIMEOUT};
 
-/// An idle backend connection is not reused after this long: typical backends (Node, uvicorn:
-/// 5 s) close theirs soon after, and a request must never be written onto a closing connection.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+mod links;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one probe of a backend path may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -145,6 +143,8 @@ impl BackendError {
 #[derive(Debug)]
 pub struct Backend {
     upstream: Upstream,
+    /// This backend's idle links, on each worker thread.
+    home: Home,
     /// For HTTP/2 clients, and every non-upgrade request with `--upstream-protocol http2`.
     pool: Client<HttpConnector, RequestBody>,
     pool_version: Version,
@@ -153,11 +153,14 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// `idle_max`: `--upstream-idle-max`, the idle links each worker thread keeps.
     pub fn new(
         upstream: Upstream,
         protocol: Protocol,
         response_timeout: Option<Duration>,
+        idle_max: usize,
     ) -> Backend {
+        static BACKENDS: AtomicU64 = AtomicU64::new(0);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -173,6 +176,10 @@ impl Backend {
         };
         Backend {
             upstream,
+            home: Home {
+                backend: BACKENDS.fetch_add(1, Relaxed),
+                idle_max,
+            },
             pool: pool.build(connector),
             pool_version,
             response_timeout,
@@ -185,20 +192,18 @@ impl Backend {
     }
 
     /// Sends `req` (its headers already rewritten for the backend) and returns the response
-    /// head, with the kept link its body must go on driving, if it went over one. `affinity` is
-    /// the backend connection kept by the client connection the request came on; `upgrade`
-    /// says the request asks for one. With `--backend-timeout`, a response head that takes
-    /// longer is an error.
+    /// head, with the link its body must go on driving, if it went over one. `upgrade` says the
+    /// request asks for one. With `--backend-timeout`, a response head that takes longer is an
+    /// error.
     pub async fn send(
         &self,
         req: Request<Incoming>,
-        affinity: &Arc<Affinity>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
         let req = req.map(RequestBody);
         match self.response_timeout {
-            None => self.route(req, affinity, upgrade).await,
-            Some(limit) => tokio::time::timeout(limit, self.route(req, affinity, upgrade))
+            None => self.route(req, upgrade).await,
+            Some(limit) => tokio::time::timeout(limit, self.route(req, upgrade))
                 .await
                 .map_err(|_| BackendError::ResponseTimeout(limit))?,
         }
@@ -207,7 +212,6 @@ impl Backend {
     async fn route(
         &self,
         mut req: Request<RequestBody>,
-        affinity: &Arc<Affinity>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
         let client_http2 = req.version() == Version::HTTP_2;
@@ -226,23 +230,18 @@ impl Backend {
         }
         *req.version_mut() = Version::HTTP_11;
         *req.uri_mut() = origin_form(req.uri());
-        let (resp, link) = self.send_kept(affinity, req).await?;
-        let lease = Lease {
-            link,
-            affinity: Arc::clone(affinity),
-        };
-        Ok((resp, Some(lease)))
+        let (resp, link) = self.send_linked(req).await?;
+        Ok((resp, Some(Lease::new(link, self.home))))
     }
 
-    /// Sends `req` on the client connection's kept link (or a new one), driving the link until
-    /// the response head arrives. A request that a closing link could not take is retried once
-    /// on a new link: it was never written, so sending it again is safe.
-    async fn send_kept(
+    /// Sends `req` on an idle link of this thread (or a new one), driving the link until the
+    /// response head arrives. A request that a closing link could not take is retried once on a
+    /// new link: it was never written, so sending it again is safe.
+    async fn send_linked(
         &self,
-        affinity: &Affinity,
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Box<Link<RequestBody>>), BackendError> {
-        let (reused, mut link) = match affinity.take() {
+        let (reused, mut link) = match links::take(self.home) {
             Some(link) => (true, link),
             None => (false, self.connect().await?),
         };
@@ -250,7 +249,7 @@ impl Backend {
             Ok(resp) => Ok((resp, link)),
             Err(mut err) => match err.take_message() {
                 Some(req) if reused => {
-                    debug!("the kept backend connection was closing; retrying on a new one");
+                    debug!("the idle backend connection was closing; retrying on a new one");
                     let mut link = self.connect().await?;
                     let resp = link.drive(req).await;
                     let resp = resp.map_err(|err| BackendError::from_hyper(err.into_error()))?;
@@ -327,8 +326,7 @@ impl Backend {
         Ok(stream)
     }
 
-    /// A new HTTP/1.1 link. Boxed: the connection is large, and moves between the client
-    /// connection and each response body that drives it.
+    /// A new HTTP/1.1 link.
     async fn connect<B>(&self) -> Result<Box<Link<B>>, BackendError>
     where
         B: Body + 'static,
@@ -339,11 +337,18 @@ impl Backend {
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(BackendError::from_hyper)?;
-        Ok(Box::new(Link {
-            sender,
-            conn: Some(conn),
-            last_used: Instant::now(),
-        }))
+        Ok(Link::new(sender, conn))
+    }
+
+    /// Drops this thread's idle links once they are too old to be used: run by each worker,
+    /// so that an idle set does not hold the backend's connections while no request comes.
+    pub async fn sweep_idle_links(&self) {
+        let mut every = tokio::time::interval(IDLE_TIMEOUT / 2);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            links::sweep(self.home);
+        }
     }
 
     /// The absolute URI the pooled client needs.
@@ -366,98 +371,6 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
-}
-
-/// The backend connection a client connection keeps between its requests.
-#[derive(Debug, Default)]
-pub struct Affinity(Mutex<Option<Box<Link<RequestBody>>>>);
-
-impl Affinity {
-    /// Takes the kept link if it can carry a request now.
-    fn take(&self) -> Option<Box<Link<RequestBody>>> {
-        // Only this client connection's task touches the lock, one request at a time.
-        let mut link = self.0.lock().ok()?.take()?;
-        (link.last_used.elapsed() < IDLE_TIMEOUT && link.is_ready()).then_some(link)
-    }
-
-    fn put(&self, link: Box<Link<RequestBody>>) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(link);
-        }
-    }
-}
-
-/// A kept link lent to one response: its body drives the link's IO, and gives it back to the
-/// client connection once the response is complete.
-#[derive(Debug)]
-pub struct Lease {
-    link: Box<Link<RequestBody>>,
-    affinity: Arc<Affinity>,
-}
-
-impl Lease {
-    /// Moves the connection's IO along (the response body arrives through it).
-    pub fn poll_io(&mut self, cx: &mut Context<'_>) {
-        self.link.poll_io(cx);
-    }
-
-    /// The response is complete: the link is free for the client connection's next request.
-    pub fn give_back(mut self) {
-        self.link.last_used = Instant::now();
-        self.affinity.put(self.link);
-    }
-}
-
-/// One HTTP/1.1 connection to the backend, and the future that drives its IO.
-#[derive(Debug)]
-struct Link<B: Body + 'static> {
-    sender: SendRequest<B>,
-    conn: Option<Connection<TokioIo<TcpStream>, B>>,
-    last_used: Instant,
-}
-
-impl<B> Link<B>
-where
-    B: Body + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    /// Moves the connection's IO along. Returns false once the connection has ended.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = &mut self.conn else {
-            return false;
-        };
-        if Pin::new(conn).poll(cx).is_ready() {
-            self.conn = None;
-            return false;
-        }
-        true
-    }
-
-    /// Whether a request can be sent now: the connection is alive and idle.
-    fn is_ready(&mut self) -> bool {
-        // Let the connection notice a close by the backend before trusting it.
-        self.poll_io(&mut Context::from_waker(std::task::Waker::noop())) && self.sender.is_ready()
-    }
-
-    /// Sends `req` and polls the link's IO until the response head arrives.
-    async fn drive(
-        &mut self,
-        req: Request<B>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
-        let response = self.sender.try_send_request(req);
-        tokio::pin!(response);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                return Poll::Ready(result);
-            }
-            // The response arrives through the connection's IO: drive it. Once the connection
-            // has ended, the response future resolves with its error.
-            self.poll_io(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
 }
 
 /// A client's request body on its way to the backend. Its errors are [`ClientBodyError`]s, so
