@@ -211,11 +211,31 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
+    /// An HTTP/1 connection on `io`, served by `service`.
+    fn http1(protocols: &Protocols, activity: &Arc<Activity>, io: EdgeIo, service: S) -> Self {
+        let mut http1 = protocols.http1.clone();
+        http1.timer(HeadTimer(Arc::clone(activity)));
+        let conn = http1.serve_connection(TokioIo::new(io), service);
+        Serving::Http1(Box::pin(conn.with_upgrades()))
+    }
+
     fn graceful_shutdown(&mut self) {
         match self {
             Serving::Http1(conn) => conn.as_mut().graceful_shutdown(),
             Serving::Http2(conn) => conn.as_mut().graceful_shutdown(),
         }
+    }
+
+    /// Once hyper's connection has ended: the socket, the bytes hyper had read from it and not
+    /// used, and the service, if it ended to be parked (see `edge`).
+    fn into_parked(self) -> Option<(EdgeIo, Bytes, S)> {
+        let Serving::Http1(conn) = self else {
+            return None;
+        };
+        let parts = Pin::into_inner(conn).into_parts()?;
+        let io = parts.io.into_inner();
+        io.is_parked()
+            .then_some((io, parts.read_buf, parts.service))
     }
 }
 
@@ -288,15 +308,12 @@ async fn connection(
             }
         }
     });
-    let io = TokioIo::new(EdgeIo::new(stream, prefix, Arc::clone(&activity), http2));
+    let io = EdgeIo::new(stream, prefix, Arc::clone(&activity), http2);
     let mut conn = if http2 {
+        let io = TokioIo::new(io);
         Serving::Http2(Box::pin(protocols.http2.serve_connection(io, service)))
     } else {
-        let mut http1 = protocols.http1.clone();
-        http1.timer(HeadTimer(Arc::clone(&activity)));
-        Serving::Http1(Box::pin(
-            http1.serve_connection(io, service).with_upgrades(),
-        ))
+        Serving::http1(&protocols, &activity, io, service)
     };
 
     let mut closing = false;
@@ -308,8 +325,17 @@ async fn connection(
             result = &mut conn => {
                 if let Err(err) = result {
                     debug!(%remote, error = %err, "connection ended with an error");
+                    return;
                 }
-                return;
+                let Some((mut io, unread, service)) = conn.into_parked() else {
+                    return;
+                };
+                debug!(%remote, "idle connection parked");
+                if !park(&mut io, unread, &activity, &mut phase).await {
+                    return;
+                }
+                conn = Serving::http1(&protocols, &activity, io, service);
+                continue;
             }
             changed = phase.changed(), if !closing => {
                 let draining = changed.is_err() || *phase.borrow_and_update() >= Phase::Draining;
@@ -334,6 +360,37 @@ async fn connection(
         conn.graceful_shutdown();
         closing = true;
         dropping_at = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+    }
+}
+
+/// Waits, without hyper and its buffers, for the next request of a parked connection: true once
+/// it comes (or the client closes, which the next hyper sees), false to close the connection
+/// (idle for `--idle-timeout` since its last response, or the drain has begun).
+async fn park(
+    io: &mut EdgeIo,
+    unread: Bytes,
+    activity: &Activity,
+    phase: &mut tokio::sync::watch::Receiver<Phase>,
+) -> bool {
+    if *phase.borrow_and_update() >= Phase::Draining {
+        return false;
+    }
+    let idle_until = activity.parked_until();
+    let readable = io.readable(unread);
+    tokio::pin!(readable);
+    loop {
+        tokio::select! {
+            ready = &mut readable => return ready.is_ok(),
+            () = sleep_until(idle_until) => {
+                debug!("idle keep-alive connection closed");
+                return false;
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow_and_update() >= Phase::Draining {
+                    return false;
+                }
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nix::sys::signal::Signal;
 use support::raw::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -320,6 +321,51 @@ async fn slow_heads_get_408_idle_connections_close_and_neither_touches_work_in_p
         assert_eq!(conn.bytes(b"still here".len()).await, b"still here");
     };
     tokio::join!(partial, silent, idle, next_head, slow, events, upgraded);
+}
+
+/// An idle keep-alive connection gives hyper's buffers back (it parks, 100 ms after its last
+/// response) and serves its next requests as before: pipelined ones in order, one with a body,
+/// and the drain closes it while parked.
+#[tokio::test]
+async fn an_idle_connection_parks_and_serves_its_next_requests_as_before() {
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "5s", "--child-stop-timeout", "1s"])
+        .args(&["--log-level", "debug"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let mut conn = RawConn::open(ld.port).await;
+    let idle = || tokio::time::sleep(Duration::from_millis(400));
+    conn.send(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.response().await.unwrap().text(), "hello");
+
+    idle().await;
+    conn.send(
+        b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nGET /status?code=202 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.response().await.unwrap().text(), "hello");
+    assert_eq!(conn.response().await.unwrap().status, 202);
+
+    idle().await;
+    // The head in two pieces, the second after the connection could have parked again.
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    idle().await;
+    conn.send(b"Content-Length: 5\r\n\r\nhowdy").await.unwrap();
+    assert_eq!(conn.response().await.unwrap().text(), "howdy");
+
+    idle().await;
+    ld.signal(Signal::SIGTERM);
+    let waited = conn.closed().await;
+    assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
+    ld.expect_exit(0).await;
+    let parked = ld.log().matches("idle connection parked").count();
+    assert!(parked >= 3, "parked {parked} times:\n{}", ld.log());
 }
 
 #[tokio::test]

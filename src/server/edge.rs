@@ -18,6 +18,10 @@
 //!   memory; this ends it).
 //! - [`Activity`] is what these share with the connection's task: the window, the requests in
 //!   progress, whether a response is waiting for the client to accept data, and a flood.
+//! - An HTTP/1 connection kept alive without a request for [`PARK_AFTER`] is *parked*: its
+//!   socket reads as closed to hyper (and shuts down as a no-op), so that hyper's connection ends
+//!   and gives the socket back, and with it the buffers it holds (16 KiB and more). The
+//!   connection's task waits for the next request without them (see `server::connection`).
 
 use std::future::Future;
 use std::io;
@@ -34,6 +38,11 @@ use tracing::debug;
 
 use super::Limits;
 use crate::headers::{self, ClientError, MAX_HEADERS, REQUEST_LINE_MAX};
+
+/// An HTTP/1 connection idle this long between requests gives hyper's buffers back until its
+/// next request arrives (nginx frees its buffers at once; this keeps a busy connection's hyper
+/// connection across its requests).
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -72,6 +81,9 @@ pub(super) enum Action {
     Close,
     /// Answer with this error's 4xx and close.
     Answer(ClientError),
+    /// Let hyper's connection end and give the socket back: an idle keep-alive connection
+    /// whose next head has not started.
+    Park,
 }
 
 /// Why the connection's task must act.
@@ -120,6 +132,8 @@ struct State {
     /// Windows opened so far; the first is the connection's first request.
     windows: u64,
     action: Option<Action>,
+    /// Since when the connection has been idle, once parked.
+    parked_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +145,8 @@ struct Window {
     /// Bytes of the head have arrived; when the first of them was seen waiting.
     head_started: bool,
     head_started_at: Option<Instant>,
+    /// The window has been idle for [`PARK_AFTER`] and its socket told to park.
+    park_due: bool,
 }
 
 impl Activity {
@@ -142,6 +158,7 @@ impl Activity {
                 window: None,
                 windows: 0,
                 action: None,
+                parked_since: None,
             }),
             attention: AtomicBool::new(false),
             window: AtomicU64::new(0),
@@ -189,6 +206,7 @@ impl Activity {
             opened: None,
             head_started: false,
             head_started_at: None,
+            park_due: false,
         });
         self.window.store(id, Relaxed);
         id
@@ -218,25 +236,42 @@ impl Activity {
 
     /// When window `id` ends, and how: a head not complete by then is answered 408 (counted from
     /// the connection's start for its first request, from the head's first byte after that); a
-    /// kept-alive connection whose next head has not started is closed after the idle timeout.
-    /// Called as hyper waits in the window; `now` is then.
+    /// kept-alive connection whose next head has not started parks after [`PARK_AFTER`] (once),
+    /// and is closed after the idle timeout. Called as hyper waits in the window; `now` is then.
     fn head_deadline(&self, id: u64, now: Instant) -> Option<(Instant, Action)> {
         let mut state = self.state();
         let window = state.window.as_mut().filter(|window| window.id == id)?;
         let opened = *window.opened.get_or_insert(now);
         let timeout = Action::Answer(ClientError::HeadTimeout);
+        let idle_until = opened + self.limits.idle_timeout;
         Some(if id == 1 {
             (self.accepted + self.limits.header_read_timeout, timeout)
         } else if window.head_started {
             let started = *window.head_started_at.get_or_insert(now);
             (started + self.limits.header_read_timeout, timeout)
+        } else if !window.park_due && opened + PARK_AFTER < idle_until {
+            (opened + PARK_AFTER, Action::Park)
         } else {
-            (opened + self.limits.idle_timeout, Action::Close)
+            (idle_until, Action::Close)
         })
     }
 
+    /// When a parked connection is closed as idle: `--idle-timeout` after its last response.
+    pub(super) fn parked_until(&self) -> Option<tokio::time::Instant> {
+        let since = self.state().parked_since?;
+        Some(tokio::time::Instant::from_std(
+            since + self.limits.idle_timeout,
+        ))
+    }
+
     fn set_action(&self, action: Action) {
-        self.state().action.get_or_insert(action);
+        let mut state = self.state();
+        if action == Action::Park {
+            if let Some(window) = &mut state.window {
+                window.park_due = true;
+            }
+        }
+        state.action.get_or_insert(action);
         self.attention.store(true, Relaxed);
     }
 
@@ -247,6 +282,11 @@ impl Activity {
         let mut state = self.state();
         let action = state.action.take();
         self.attention.store(self.flooded.load(Relaxed), Relaxed);
+        if action == Some(Action::Park) {
+            // Only a connection whose next head has not started can do without hyper.
+            let window = state.window.filter(|window| !window.head_started)?;
+            state.parked_since = window.opened;
+        }
         action
     }
 }
@@ -421,12 +461,13 @@ impl Future for HeadWait {
             sleep.as_mut().reset(deadline);
         }
         ready!(sleep.as_mut().poll(cx));
-        this.fired = true;
-        if let Action::Answer(err) = action {
-            debug!(code = err.code(), "request head not complete in time");
-        } else {
-            debug!("idle keep-alive connection closed");
+        match action {
+            Action::Answer(err) => debug!(code = err.code(), "request head not complete in time"),
+            Action::Close => debug!("idle keep-alive connection closed"),
+            // If the head starts before the socket parks, the window's timing goes on.
+            Action::Park => {}
         }
+        this.fired = action != Action::Park;
         this.activity.set_action(action);
         // hyper reads again, and the socket acts.
         cx.waker().wake_by_ref();
@@ -761,6 +802,9 @@ pub(super) struct EdgeIo {
     /// hyper has written bytes it has not flushed: an answer of lameduck's must not go beside
     /// them.
     unflushed: bool,
+    /// Reads end and shutdown does nothing, so that hyper gives the socket back (see the
+    /// module's doc).
+    parked: bool,
 }
 
 impl EdgeIo {
@@ -778,7 +822,25 @@ impl EdgeIo {
             control: http2.then(ControlFrames::new),
             ending: None,
             unflushed: false,
+            parked: false,
         }
+    }
+
+    /// Whether hyper gave this socket back to be parked, rather than because it is done.
+    pub(super) fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Waits, without hyper, until the client sends its next request (or closes); `unread`:
+    /// bytes hyper had read and not used, for the next hyper to read first.
+    pub(super) async fn readable(&mut self, unread: Bytes) -> io::Result<()> {
+        if unread.is_empty() {
+            self.stream.readable().await?;
+        } else {
+            self.prefix = unread;
+        }
+        self.parked = false;
+        Ok(())
     }
 
     /// Answers `err` on a connection no hyper has taken over yet, and closes it.
@@ -794,6 +856,10 @@ impl EdgeIo {
             Action::Answer(err) if !self.unflushed => {
                 debug!(code = err.code(), error = %err, "request refused");
                 answer_bytes(err)
+            }
+            Action::Park => {
+                self.parked = true;
+                return;
             }
             _ => Bytes::new(),
         };
@@ -865,6 +931,9 @@ impl AsyncRead for EdgeIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.parked {
+                return Poll::Ready(Ok(()));
+            }
             if this.ending.is_some() {
                 return this.poll_ending(cx);
             }
@@ -882,6 +951,10 @@ impl AsyncRead for EdgeIo {
             } else {
                 let n = this.prefix.len().min(buf.remaining());
                 buf.put_slice(&this.prefix.split_to(n));
+                if this.prefix.is_empty() {
+                    // Let go of the buffer the bytes came in.
+                    this.prefix = Bytes::new();
+                }
             }
             let arrived = &buf.filled()[before..];
             if arrived.is_empty() {
@@ -959,7 +1032,7 @@ impl AsyncWrite for EdgeIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.ending.as_ref().is_some_and(|ending| ending.shut) {
+        if this.parked || this.ending.as_ref().is_some_and(|ending| ending.shut) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_shutdown(cx)
