@@ -329,6 +329,7 @@ stream() {
 streaming() {
   log "4. streaming: $STREAM_BYTES bytes up and down, directly and through lameduck, $STREAM_REPS times each"
   truncate -s "$STREAM_BYTES" "$TMP/big.bin" # sparse: no disk space, reads are zeros
+  cat "$TMP/big.bin" >/dev/null               # into the page cache, or the first upload pays for it
   stream "upload (PUT, Content-Length), direct" direct up
   stream "upload (PUT, Content-Length), lameduck" lameduck up
   stream "download, direct" direct down
@@ -384,10 +385,11 @@ EOF
 
 ## 2. Memory per idle keep-alive client
 
-RSS: VmRSS summed over the proxy's processes (nginx: master and $(($(proxy_pids nginx | wc -l) - 1)) workers), idle after the load
-above, then with N clients open (each sent one request, got its 200 and stays open; bench/idle_clients.py),
-${SETTLE} s after the last one got its answer. The clients are closed between steps. KiB per connection =
-(RSS with N - RSS idle) / N. Last column: RSS 1 s after the last clients closed.
+RSS: VmRSS summed over the proxy's processes (nginx: master and $(($(proxy_pids nginx | wc -l) - 1)) workers; pages they share
+count once per process, alike in every step), idle after the load above, then with N clients open (each
+sent one request, got its 200 and stays open; bench/idle_clients.py), ${SETTLE} s after the last one got
+its answer. The clients are closed between steps. KiB per connection = (RSS with N - RSS idle) / N.
+Last column: RSS 1 s after the last clients closed.
 
 EOF
     local head="| proxy | idle RSS |" line="|---|---:|"
