@@ -1,6 +1,8 @@
-# Shared by bench/streaming.sh and bench/admission.sh: logging, installing what is missing,
-# building lameduck, a temporary directory, and stopping every process started (PIDS) on exit.
-# Set BENCH_NAME before sourcing.
+# shellcheck shell=bash
+# Shared by the bench/*.sh scripts: logging, installing what is missing, building lameduck, a
+# temporary directory, stopping every process started (PIDS) on exit, and the nginx backend and
+# proxy they measure against. Set BENCH_NAME and ROOT before sourcing.
+# shellcheck disable=SC2034 # LAMEDUCK, P_NGINX, NGINX_PID, ...: set here for the scripts
 
 log() { printf '[%s %(%H:%M:%S)T] %s\n' "$BENCH_NAME" -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -13,7 +15,7 @@ install_missing() {
   done
   if ((${#need[@]})); then
     log "installing: ${need[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } ||
       die "apt-get install ${need[*]} failed"
   fi
 }
@@ -21,7 +23,7 @@ install_missing() {
 build_lameduck() {
   log "building lameduck (cargo build --release)"
   (cd "$ROOT" && cargo build --release -q) || die "build failed"
-  LAMEDUCK="$ROOT/target/release/lameduck"
+  LAMEDUCK="${CARGO_TARGET_DIR:-$ROOT/target}/release/lameduck"
 }
 
 TMP=$(mktemp -d)
@@ -78,36 +80,47 @@ CONF
   wait_http "http://127.0.0.1:$P_BACKEND/" || die "the nginx backend did not start"
 }
 
-# start_nginx_proxy: nginx proxy_pass to P_BACKEND with a keep-alive pool, on P_NGINX
-# (master NGINX_PID); room for tens of thousands of connections.
+# The open-files limit nginx workers ask for: the hard limit, at most 65536 (asking for more than
+# the hard limit fails with an alert in the error log).
+NOFILE=$(ulimit -Hn)
+[[ $NOFILE =~ ^[0-9]+$ ]] && ((NOFILE <= 65536)) || NOFILE=65536
+
+# start_nginx_proxy [NAME [UPSTREAM_PORT [PROBE_PATH]]]: nginx proxy_pass to UPSTREAM_PORT (default
+# P_BACKEND) with a keep-alive pool, WebSocket upgrades passed through, on P_NGINX (master
+# NGINX_PID), files under $TMP/NAME (default proxy); up once PROBE_PATH (default /) answers 200.
+# Room for tens of thousands of connections.
 start_nginx_proxy() {
+  local name=${1:-proxy} upstream=${2:-$P_BACKEND} probe=${3:-/}
   P_NGINX=$(free_port)
-  mkdir -p "$TMP/proxy"
-  cat >"$TMP/proxy/nginx.conf" <<CONF
+  mkdir -p "$TMP/$name"
+  cat >"$TMP/$name/nginx.conf" <<CONF
 $NGINX_USER
 worker_processes auto;
-worker_rlimit_nofile 65536;
-pid $TMP/proxy/nginx.pid;
-error_log $TMP/proxy/error.log warn;
+worker_rlimit_nofile $NOFILE;
+pid $TMP/$name/nginx.pid;
+error_log $TMP/$name/error.log warn;
 events { worker_connections 16384; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$P_BACKEND; keepalive 128; }
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+  upstream backend { server 127.0.0.1:$upstream; keepalive 128; }
   server {
-    listen 127.0.0.1:$P_NGINX;
+    listen 127.0.0.1:$P_NGINX backlog=4096;
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 1h;
     }
   }
 }
 CONF
-  nginx -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g 'daemon off;' 2>"$TMP/proxy.log" &
+  nginx -p "$TMP/$name" -c "$TMP/$name/nginx.conf" -g 'daemon off;' 2>"$TMP/$name.log" &
   NGINX_PID=$!
   PIDS+=($!)
-  wait_http "http://127.0.0.1:$P_NGINX/" || die "the nginx proxy did not start"
+  wait_http "http://127.0.0.1:$P_NGINX$probe" || { cat "$TMP/$name.log" "$TMP/$name/error.log" >&2; die "the nginx proxy $name did not start"; }
 }
 
 # lameduck_port LOG [TENTHS]: the port a lameduck started with `--port 0` logged in its

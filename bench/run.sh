@@ -1,568 +1,468 @@
 #!/usr/bin/env bash
-# lameduck benchmark: throughput / latency against nginx (and HAProxy), idle RSS,
-# and memory while streaming 1 GiB up and down.
+# lameduck next to nginx (proxy_pass, upstream keep-alive) and HAProxy (mode http, http-reuse
+# always), all three in front of the same nginx `return 200` backend, in one run:
 #
-#   bench/run.sh                  # everything, ~1.5 min once lameduck is built
-#   WRK_DURATION=5s bench/run.sh  # shorter load runs
+#   1. load: wrk -t1 -c64 --latency keep-alive, ROUNDS interleaved rounds (the order rotates each
+#      round); medians of requests/s, p50, p99 and the proxy's CPU µs per request (user+sys ticks
+#      of all the proxy's processes from /proc/PID/stat over the round, divided by the requests
+#      served; the backend is not counted);
+#   2. memory per idle keep-alive client: the proxy's RSS (VmRSS summed over its processes) idle
+#      after the load, then with 1,000 and 10,000 clients that each got one 200 and stay open
+#      (bench/idle_clients.py); KiB per connection = (RSS with - RSS idle) / N;
+#   3. memory per WebSocket tunnel: 1,000 tunnels held through each proxy to the test backend's
+#      /ws echo (fresh proxy instances, warmed up with 1 s of wrk);
+#   4. 1 GiB streamed up and down through lameduck (and directly, for reference): throughput and
+#      lameduck's peak RSS while it streams.
 #
-# Everything listens on 127.0.0.1 only, on free ports picked from 18000 upwards.
-# nginx / HAProxy / python run from a private temporary directory, never the
-# system configuration. Every process started here is stopped on exit.
-# Results: printed as markdown and written to bench/results.md (overwritten).
+#   bench/run.sh [LAMEDUCK_BIN]          # ~4 min; LAMEDUCK_BIN defaults to a fresh release build
+#   ROUNDS=3 DURATION=3s bench/run.sh    # shorter
+#   IDLE_COUNTS="1000" WS_TUNNELS=0 STREAM_BYTES=0 bench/run.sh   # skip parts
+#
+# Prints a markdown report and writes it to bench/results.md (overwritten). Everything listens on
+# 127.0.0.1; nginx and HAProxy run from the temporary directory, never the system configuration;
+# every process started here is stopped on exit and the temporary directory removed.
 set -uo pipefail
-
+BENCH_NAME=run
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-RESULTS="$ROOT/bench/results.md"
-WRK_THREADS=${WRK_THREADS:-2}
-WRK_CONNS=${WRK_CONNS:-64}
-WRK_DURATION=${WRK_DURATION:-10s}
-WRK_WARMUP=${WRK_WARMUP:-2s}
-XFER_BYTES=$((1024 * 1024 * 1024)) # 1 GiB
-XFER_MAX_TIME=${XFER_MAX_TIME:-90}  # seconds, per transfer
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# --------------------------------------------------------------------------
-# dependencies
-# --------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if ((${#need[@]})); then
-  log "installing: ${need[*]}"
-  SUDO=""
-  [[ $EUID -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null ||
-    die "apt-get install ${need[*]} failed"
-fi
-for c in nginx wrk curl python3 cargo timeout; do
-  command -v "$c" >/dev/null 2>&1 || die "$c not found"
+# The command as given, with the settings that came from the environment, for the report.
+COMMAND="bench/run.sh${1:+ $1}"
+for v in CARGO_TARGET_DIR STREAM_REPS STREAM_BYTES WS_TUNNELS IDLE_COUNTS SETTLE CONNS DURATION ROUNDS; do
+  [[ -n ${!v+set} ]] && COMMAND="$v=${!v} $COMMAND"
 done
-HAVE_HAPROXY=0
-command -v haproxy >/dev/null 2>&1 && HAVE_HAPROXY=1
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-64}
+IDLE_COUNTS=${IDLE_COUNTS:-1000 10000}
+WS_TUNNELS=${WS_TUNNELS:-1000}
+SETTLE=${SETTLE:-2}
+STREAM_BYTES=${STREAM_BYTES:-1073741824}
+STREAM_REPS=${STREAM_REPS:-2}
+RESULTS="$ROOT/bench/results.md"
 
-# --------------------------------------------------------------------------
-# build
-# --------------------------------------------------------------------------
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+STARTED=$SECONDS
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "building lameduck (cargo build --release)"
-(cd "$ROOT" && timeout 600 cargo build --release --quiet --bin lameduck) || die "cargo build failed"
-LAMEDUCK="$ROOT/target/release/lameduck"
-[[ -x $LAMEDUCK ]] || die "$LAMEDUCK missing after build"
+install_missing nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl python3:python3
+# 10,000 clients: every process started from here on may open up to the hard limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# --------------------------------------------------------------------------
-# process bookkeeping and cleanup
-# --------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/lameduck-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  local pid i
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  # lameduck drains on SIGTERM; nginx/haproxy/python stop quickly. Bounded wait.
-  for ((i = 0; i < 50; i++)); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+log "building lameduck and the test backend (cargo build --release --bins --examples)"
+(cd "$ROOT" && cargo build --release -q --bins --examples) || die "build failed"
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+LAMEDUCK=${1:-$BIN_DIR/lameduck}
+TEST_BACKEND="$BIN_DIR/examples/test-backend"
+[[ -x $LAMEDUCK && -x $TEST_BACKEND ]] || die "$LAMEDUCK or $TEST_BACKEND missing"
 
-# A port is free if nothing accepts a connection on it (pure bash, no ss needed).
-# Sets PORT to the next port nobody accepts on (pure bash, no ss needed).
-NEXT_PORT=18000
-pick_port() {
-  local p
-  for ((p = NEXT_PORT; p < 18999; p++)); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      NEXT_PORT=$((p + 1))
-      PORT=$p
-      return 0
-    fi
-  done
-  die "no free port in 18000-18999"
+# ------------------------------------------------------------------------------ helpers
+
+# Every proxy instance has a NAME: PORT[NAME], PID[NAME] (nginx: the master), KIND[NAME].
+declare -A PORT PID KIND
+
+start_nginx() { # NAME UPSTREAM_PORT [PROBE_PATH]
+  start_nginx_proxy "$1" "$2" "${3:-/}"
+  PORT[$1]=$P_NGINX PID[$1]=$NGINX_PID KIND[$1]=nginx
 }
 
-# wait_http URL [expected-status] : poll until the URL answers (at most 10 s)
-wait_http() {
-  local url=$1 want=${2:-200} code end=$((SECONDS + 10))
-  while ((SECONDS < end)); do
-    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url" 2>/dev/null)
-    [[ $code == "$want" ]] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null; }
-mib() { awk -v kb="${1:-0}" 'BEGIN {printf "%.1f MiB", kb / 1024}'; }
-
-# --------------------------------------------------------------------------
-# ports, files, configs
-# --------------------------------------------------------------------------
-pick_port; P_BACKEND=$PORT
-pick_port; P_NGXPROXY=$PORT
-pick_port; P_HAPROXY=$PORT
-pick_port; P_LAMEDUCK=$PORT
-pick_port; P_SINK=$PORT
-
-mkdir -p "$TMP/www" "$TMP/backend" "$TMP/proxy" "$TMP/out"
-truncate -s "$XFER_BYTES" "$TMP/www/big.bin" # sparse: no disk space, reads are zeros
-
-USER_LINE=""
-[[ $EUID -eq 0 ]] && USER_LINE="user root;" # workers must read $TMP (mode 0700)
-
-nginx_common() { # $1 = prefix dir
-  cat <<EOF
-$USER_LINE
-worker_processes auto;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 4096; }
-EOF
-}
-nginx_http_common() {
-  cat <<EOF
-  access_log off;
-  client_body_temp_path $1/client_body;
-  proxy_temp_path $1/proxy_temp;
-  fastcgi_temp_path $1/fastcgi_temp;
-  uwsgi_temp_path $1/uwsgi_temp;
-  scgi_temp_path $1/scgi_temp;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  sendfile on;
-  default_type application/octet-stream;
-EOF
-}
-
-# Fast backend: "ok" on every path, a 1 GiB sparse file under /files/, and
-# /upload forwarded unbuffered to a python sink that reads and counts the body.
-cat >"$TMP/backend/nginx.conf" <<EOF
-$(nginx_common "$TMP/backend")
-http {
-$(nginx_http_common "$TMP/backend")
-  upstream sink { server 127.0.0.1:$P_SINK; keepalive 8; }
-  server {
-    listen 127.0.0.1:$P_BACKEND backlog=4096;
-    location / { return 200 "ok"; }
-    location = /nginx_status { stub_status; }
-    location /files/ { alias $TMP/www/; }
-    location /upload {
-      client_max_body_size 0;
-      proxy_request_buffering off;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_read_timeout 120s;
-      proxy_send_timeout 120s;
-      proxy_pass http://sink;
-    }
-  }
-}
-EOF
-
-# nginx reverse proxy in front of the backend, with a keep-alive pool.
-cat >"$TMP/proxy/nginx.conf" <<EOF
-$(nginx_common "$TMP/proxy")
-http {
-$(nginx_http_common "$TMP/proxy")
-  upstream backend {
-    server 127.0.0.1:$P_BACKEND;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$P_NGXPROXY backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-
-cat >"$TMP/haproxy.cfg" <<EOF
+start_haproxy() { # NAME UPSTREAM_PORT [PROBE_PATH]
+  local name=$1 cfg="$TMP/$1.cfg" port
+  port=$(free_port)
+  # HAProxy counts two open files per connection (client and server side), so within a hard
+  # limit of 20,000 it would allow under 10,000 connections and refuse to start with more
+  # (strict-limits). Idle clients hold no server connection here (http-reuse always), so 15,000
+  # client connections fit: no strict-limits turns that refusal into a warning.
+  cat >"$cfg" <<CONF
 global
-  nbthread 2
-  maxconn 8192
+  nbthread $(nproc)
+  maxconn 15000
+  ulimit-n $(ulimit -Hn)
+  no strict-limits
 defaults
   mode http
+  maxconn 15000
   timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+  timeout tunnel 1h
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$P_HAPROXY
+  bind 127.0.0.1:$port
   default_backend be
 backend be
-  server s1 127.0.0.1:$P_BACKEND maxconn 1024
-EOF
-
-# Upload sink: reads Content-Length or chunked bodies in 1 MiB pieces, keeps
-# nothing, answers with the number of body bytes it received.
-cat >"$TMP/sink.py" <<'EOF'
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-CHUNK = 1 << 20
-
-class Sink(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _drain(self, n, buf):
-        got = 0
-        mv = memoryview(buf)
-        while got < n:
-            r = self.rfile.readinto(mv[: min(CHUNK, n - got)])
-            if not r:
-                raise ConnectionError("EOF in body")
-            got += r
-        return got
-
-    def _body(self):
-        buf = bytearray(CHUNK)
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            total = 0
-            while True:
-                size = int(self.rfile.readline(4096).split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline(4096) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return total
-                total += self._drain(size, buf)
-                self.rfile.readline(4096)
-        return self._drain(int(self.headers.get("Content-Length", "0")), buf)
-
-    def _handle(self):
-        n = self._body()
-        out = b"%d\n" % n
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    do_PUT = do_POST = _handle
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
-EOF
-
-# --------------------------------------------------------------------------
-# start everything
-# --------------------------------------------------------------------------
-log "ports: backend=$P_BACKEND nginx-proxy=$P_NGXPROXY haproxy=$P_HAPROXY lameduck=$P_LAMEDUCK sink=$P_SINK"
-python3 "$TMP/sink.py" "$P_SINK" >"$TMP/sink.log" 2>&1 &
-PIDS+=($!)
-nginx -e "$TMP/backend/error.log" -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' \
-  >"$TMP/backend/stdout.log" 2>&1 &
-PIDS+=($!)
-nginx -e "$TMP/proxy/error.log" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g 'daemon off;' \
-  >"$TMP/proxy/stdout.log" 2>&1 &
-NGXPROXY_PID=$!
-PIDS+=($!)
-if ((HAVE_HAPROXY)); then
-  haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
-  HAPROXY_PID=$!
+  server s1 127.0.0.1:$2
+CONF
+  haproxy -db -f "$cfg" >"$TMP/$name.log" 2>&1 &
+  PORT[$name]=$port PID[$name]=$! KIND[$name]=haproxy
   PIDS+=($!)
-fi
-
-wait_http "http://127.0.0.1:$P_BACKEND/" || { cat "$TMP/backend/error.log" "$TMP/backend/stdout.log" >&2; die "nginx backend did not start"; }
-wait_http "http://127.0.0.1:$P_NGXPROXY/" || { cat "$TMP/proxy/error.log" "$TMP/proxy/stdout.log" >&2; die "nginx proxy did not start"; }
-if ((HAVE_HAPROXY)) && ! wait_http "http://127.0.0.1:$P_HAPROXY/"; then
-  log "HAProxy did not start, skipping it:"; cat "$TMP/haproxy.log" >&2; HAVE_HAPROXY=0
-fi
-for ((i = 0; i < 50; i++)); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$P_SINK") 2>/dev/null && break
-  sleep 0.1
-done
-
-"$LAMEDUCK" --port "$P_LAMEDUCK" --bind 127.0.0.1 --upstream "http://127.0.0.1:$P_BACKEND" \
-  --grace-period 10s >"$TMP/lameduck.log" 2>&1 &
-LD_PID=$!
-PIDS+=($LD_PID)
-wait_http "http://127.0.0.1:$P_LAMEDUCK/ready" 200 || { cat "$TMP/lameduck.log" >&2; die "lameduck never became ready"; }
-RSS_READY=$(status_kb "$LD_PID" VmRSS)
-HWM_READY=$(status_kb "$LD_PID" VmHWM)
-log "lameduck ready (pid $LD_PID), VmRSS $(mib "$RSS_READY")"
-
-# sanity: every target answers "ok"
-for p in "$P_BACKEND" "$P_NGXPROXY" "$P_LAMEDUCK" $( ((HAVE_HAPROXY)) && echo "$P_HAPROXY"); do
-  body=$(curl -s -m 5 "http://127.0.0.1:$p/")
-  [[ $body == ok ]] || die "port $p answered '$body' instead of 'ok'"
-done
-
-# --------------------------------------------------------------------------
-# 1. wrk
-# --------------------------------------------------------------------------
-# to_ms 2.31ms|850.00us|1.02s|1.00m -> milliseconds
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-    else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.2f", v * 60000 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
-    else printf "?" }'
+  wait_http "http://127.0.0.1:$port${3:-/}" || { cat "$TMP/$name.log" >&2; die "HAProxy $name did not start"; }
 }
 
-# CPU time (clock ticks, user+system) used so far by the given pids
-cpu_ticks() {
+start_lameduck() { # NAME UPSTREAM_PORT
+  local log="$TMP/$1.log"
+  "$LAMEDUCK" --port 0 --bind 127.0.0.1 --upstream "http://127.0.0.1:$2" --grace-period 5s \
+    >"$log" 2>&1 &
+  PID[$1]=$! KIND[$1]=lameduck
+  PIDS+=($!)
+  PORT[$1]=$(lameduck_port "$log")
+  wait_http "http://127.0.0.1:${PORT[$1]}/ready" || die "lameduck $1 never became ready"
+}
+
+start_test_backend() { # sets P_TEST
+  env PORT=0 "$TEST_BACKEND" >"$TMP/test-backend.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    P_TEST=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/test-backend.log")
+    [[ -n $P_TEST ]] && return 0
+    sleep 0.1
+  done
+  die "the test backend did not print its port"
+}
+
+proxy_pids() { # NAME: the pids of all the proxy's processes, one a line
+  echo "${PID[$1]}"
+  [[ ${KIND[$1]} == nginx ]] && pgrep -P "${PID[$1]}"
+}
+rss_kib() { # NAME: VmRSS summed over the proxy's processes
   local t=0 p v
-  for p in "$@"; do
-    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+  for p in $(proxy_pids "$1"); do
+    v=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$p/status" 2>/dev/null)
     t=$((t + ${v:-0}))
   done
   echo "$t"
 }
-proxy_pids() {
-  case $1 in
-    nginx-proxy) echo "$NGXPROXY_PID" $(ps -o pid= --ppid "$NGXPROXY_PID") ;;
-    haproxy) echo "$HAPROXY_PID" ;;
-    lameduck) echo "$LD_PID" ;;
-  esac
+to_us() { # wrk latency (850.00us, 2.31ms, 1.02s) -> microseconds
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.0f", v }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.0f", v * 1000 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.0f", v * 1e6 }
+    else print "nan" }'
 }
-# TCP connections the backend nginx has accepted so far (stub_status)
-backend_accepts() {
-  curl -s -m 2 "http://127.0.0.1:$P_BACKEND/nginx_status" | awk 'NR == 3 {print $1}'
-}
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
+per_conn() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.1f", n ? (b - a) / n : 0}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b != 0) printf "%.2f×", a / b; else print "-"}'; }
+thousands() { sed ':a; s/\B[0-9]\{3\}\>/,&/; ta' <<<"$1"; }
 
-declare -A RPS P50 P99 NON2XX SOCKERR CPU_S CPU_US CONNS
-TARGETS=("direct" "nginx-proxy")
-declare -A URL=(
-  [direct]="http://127.0.0.1:$P_BACKEND/"
-  [nginx-proxy]="http://127.0.0.1:$P_NGXPROXY/"
-  [haproxy]="http://127.0.0.1:$P_HAPROXY/"
-  [lameduck]="http://127.0.0.1:$P_LAMEDUCK/"
-)
-((HAVE_HAPROXY)) && TARGETS+=("haproxy")
-TARGETS+=("lameduck")
-
-for t in "${TARGETS[@]}"; do
-  log "wrk $t: warm-up $WRK_WARMUP, then $WRK_DURATION (-t$WRK_THREADS -c$WRK_CONNS)"
-  timeout 60 wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_WARMUP" "${URL[$t]}" >/dev/null 2>&1
-  out="$TMP/out/wrk-$t.txt"
-  pp=$(proxy_pids "$t")
-  acc0=$(backend_accepts)
-  cpu0=$(cpu_ticks $pp)
-  timeout 120 wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" --latency "${URL[$t]}" >"$out" 2>&1
-  cpu1=$(cpu_ticks $pp)
-  acc1=$(backend_accepts)
-  # minus the one connection of our own stub_status request
-  CONNS[$t]=$((${acc1:-0} - ${acc0:-0} - 1))
-  RPS[$t]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
-  P50[$t]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-  P99[$t]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
-  NON2XX[$t]=$(awk -F': *' '/Non-2xx or 3xx responses/ {print $2}' "$out")
-  NON2XX[$t]=${NON2XX[$t]:-0}
-  SOCKERR[$t]=$(sed -n 's/^ *Socket errors: *//p' "$out")
-  SOCKERR[$t]=${SOCKERR[$t]:-none}
-  [[ -n ${RPS[$t]} ]] || { cat "$out" >&2; log "wrk $t produced no result"; RPS[$t]=0; }
-  total_req=$(awk '/requests in/ {print $1}' "$out")
-  if [[ -n $pp ]]; then
-    CPU_S[$t]=$(awk -v d="$((cpu1 - cpu0))" -v h="$CLK_TCK" 'BEGIN {printf "%.1f", d / h}')
-    CPU_US[$t]=$(awk -v d="$((cpu1 - cpu0))" -v h="$CLK_TCK" -v n="${total_req:-0}" \
-      'BEGIN {if (n > 0) printf "%.1f", 1e6 * d / h / n; else print "-"}')
-  else
-    CPU_S[$t]="-"; CPU_US[$t]="-"
+# hold NAME COUNT [PATH [--websocket]]: COUNT clients held open against the proxy by
+# idle_clients.py until release; sets HELD (how many got their 200 / 101).
+hold() {
+  local name=$1 n=$2 log="$TMP/hold.log"
+  : >"$log"
+  exec {HOLD_FD}> >(exec python3 "$ROOT/bench/idle_clients.py" "${PORT[$name]}" "$n" "${@:3}" >"$log" 2>&1)
+  HOLD_PID=$!
+  PIDS+=("$HOLD_PID")
+  HELD=""
+  for _ in $(seq 1200); do
+    HELD=$(sed -n 's/^held \([0-9]*\)$/\1/p' "$log")
+    [[ -n $HELD ]] && break
+    kill -0 "$HOLD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ -z $HELD ]]; then
+    cat "$log" >&2
+    die "$name: idle_clients.py did not report its $n connections"
   fi
-  log "  $t: ${RPS[$t]} req/s, p99 ${P99[$t]} ms, non-2xx ${NON2XX[$t]}, socket errors: ${SOCKERR[$t]}"
+  ((HELD == n)) || log "$name: only $HELD of $n clients got their answer ($(grep -c 'failed' "$log") failed)"
+  sleep "$SETTLE"
+}
+release() { # closes the clients of the last hold, and gives the proxy a second to see it
+  exec {HOLD_FD}>&-
+  for _ in $(seq 100); do
+    kill -0 "$HOLD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$HOLD_PID" 2>/dev/null
   sleep 1
-done
-sleep 1
-RSS_LOAD=$(status_kb "$LD_PID" VmRSS)
-HWM_LOAD=$(status_kb "$LD_PID" VmHWM)
-kill -0 "$LD_PID" 2>/dev/null || die "lameduck died during the load test"
+}
 
-# --------------------------------------------------------------------------
-# 3. 1 GiB streaming transfers
-# --------------------------------------------------------------------------
-# Peak VmRSS of lameduck while a transfer runs, sampled every 50 ms.
-start_sampler() {
+# ------------------------------------------------------------------------------ setup
+
+start_nginx_backend
+start_nginx nginx "$P_BACKEND"
+start_haproxy haproxy "$P_BACKEND"
+start_lameduck lameduck "$P_BACKEND"
+TARGETS=(nginx haproxy lameduck)
+for t in "${TARGETS[@]}"; do
+  body=$(curl -s -m 5 "http://127.0.0.1:${PORT[$t]}/")
+  [[ $body == ok ]] || die "$t answered '$body' instead of 'ok'"
+done
+log "backend :$P_BACKEND; nginx :${PORT[nginx]}, haproxy :${PORT[haproxy]}, lameduck :${PORT[lameduck]}"
+
+# ------------------------------------------------------------------------------ 1. load
+
+CLK_TCK=$(getconf CLK_TCK)
+declare -A M # M[proxy,column]: medians over the rounds
+load() {
+  local round i t out pp=() c0 c1 n rps p50 p99 cpu errs
+  log "1. load: $ROUNDS interleaved rounds of wrk -t1 -c$CONNS -d$DURATION --latency"
+  for t in "${TARGETS[@]}"; do # warm-up
+    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1
+  done
+  : >"$TMP/rows"
+  for round in $(seq "$ROUNDS"); do
+    for i in "${!TARGETS[@]}"; do # rotated: each proxy goes first in turn
+      t=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
+      out="$TMP/wrk-$t-$round.txt"
+      mapfile -t pp < <(proxy_pids "$t")
+      c0=$(cpu_ticks "${pp[@]}")
+      wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$t]}/" >"$out" 2>&1
+      c1=$(cpu_ticks "${pp[@]}")
+      n=$(awk '/requests in/ {print $1}' "$out")
+      [[ -n $n ]] || { cat "$out" >&2; die "wrk against $t gave no result"; }
+      rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+      p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
+      p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
+      cpu=$(awk -v d="$((c1 - c0))" -v h="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", n ? 1e6 * d / h / n : 0}')
+      # non-2xx answers plus socket errors (connect, read, write, timeout)
+      errs=$(awk '/Non-2xx/ {e += $NF} /Socket errors/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10} END {print e + 0}' "$out")
+      echo "$t $round $rps $p50 $p99 $cpu $errs" >>"$TMP/rows"
+      log "  round $round $t: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, ${cpu} µs CPU/request, $errs errors"
+    done
+  done
+  local col
+  for t in "${TARGETS[@]}"; do
+    for col in 3 4 5 6; do
+      M[$t,$col]=$(awk -v t="$t" -v c="$col" '$1 == t {print $c}' "$TMP/rows" | median)
+    done
+    M[$t,errs]=$(awk -v t="$t" '$1 == t {e += $7} END {print e + 0}' "$TMP/rows")
+  done
+}
+
+# ------------------------------------------------------------------------------ 2. idle clients
+
+declare -A IDLE_RSS RSS_WITH HELD_N RSS_AFTER
+idle_memory() {
+  local t n
+  log "2. memory: idle RSS, then with ${IDLE_COUNTS// / and } idle keep-alive clients"
+  sleep 1 # the load's connections closed
+  for t in "${TARGETS[@]}"; do
+    IDLE_RSS[$t]=$(rss_kib "$t")
+    for n in $IDLE_COUNTS; do
+      hold "$t" "$n"
+      RSS_WITH[$t,$n]=$(rss_kib "$t")
+      HELD_N[$t,$n]=$HELD
+      release
+      RSS_AFTER[$t]=$(rss_kib "$t")
+      log "  $t: idle $(mib "${IDLE_RSS[$t]}"), with $HELD clients $(mib "${RSS_WITH[$t,$n]}")" \
+        "= $(per_conn "${IDLE_RSS[$t]}" "${RSS_WITH[$t,$n]}" "$HELD") KiB each; closed: $(mib "${RSS_AFTER[$t]}")"
+    done
+  done
+}
+
+# ------------------------------------------------------------------------------ 3. WebSocket tunnels
+
+declare -A WS_IDLE WS_WITH WS_HELD WS_AFTER
+websocket_memory() {
+  local t
+  log "3. memory: $WS_TUNNELS WebSocket tunnels through fresh proxies to the test backend's /ws"
+  start_test_backend
+  start_nginx nginx-ws "$P_TEST" /hello
+  start_haproxy haproxy-ws "$P_TEST" /hello
+  start_lameduck lameduck-ws "$P_TEST"
+  for t in nginx-ws haproxy-ws lameduck-ws; do
+    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}/hello" >/dev/null 2>&1
+  done
+  sleep 1
+  for t in nginx-ws haproxy-ws lameduck-ws; do
+    WS_IDLE[$t]=$(rss_kib "$t")
+    hold "$t" "$WS_TUNNELS" /ws --websocket
+    WS_WITH[$t]=$(rss_kib "$t")
+    WS_HELD[$t]=$HELD
+    release
+    WS_AFTER[$t]=$(rss_kib "$t")
+    log "  $t: idle $(mib "${WS_IDLE[$t]}"), with $HELD tunnels $(mib "${WS_WITH[$t]}")" \
+      "= $(per_conn "${WS_IDLE[$t]}" "${WS_WITH[$t]}" "$HELD") KiB each; closed: $(mib "${WS_AFTER[$t]}")"
+  done
+}
+
+# ------------------------------------------------------------------------------ 4. streaming
+
+# stream NAME VIA(direct|lameduck) up|down: STREAM_REPS transfers of STREAM_BYTES to /count or from
+# /download of the test backend, the fastest kept, with lameduck-ws's VmRSS sampled every 50 ms
+# meanwhile. No `Expect: 100-continue` (curl would wait for the 100 up to 1 s).
+STREAMS=()
+declare -A S_OK S_SECS S_ALL S_RSS0 S_PEAK
+stream() {
+  local name=$1 port=${PORT[lameduck-ws]} res code secs bytes sampler
+  [[ $2 == direct ]] && port=$P_TEST
+  STREAMS+=("$name")
+  S_RSS0[$name]=$(rss_kib lameduck-ws)
+  echo "${S_RSS0[$name]}" >"$TMP/peak"
   (
     max=0
-    while kill -0 "$LD_PID" 2>/dev/null; do
-      v=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$LD_PID/status" 2>/dev/null)
-      if [[ -n $v ]] && ((v > max)); then max=$v; echo "$max" >"$1"; fi
+    while v=$(awk '$1 == "VmRSS:" {print $2}' "/proc/${PID[lameduck-ws]}/status" 2>/dev/null); do
+      ((v > max)) && { max=$v; echo "$max" >"$TMP/peak"; }
       sleep 0.05
     done
   ) &
-  SAMPLER=$!
-}
-stop_sampler() { kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; }
-
-declare -A X_CODE X_BYTES X_SECS X_MBS X_ALL X_PEAK X_NOTE
-XFERS=()
-XFER_REPS=${XFER_REPS:-2}
-# xfer NAME VIA(direct|lameduck) KIND(upload-cl|upload-chunked|download)
-# Runs the transfer XFER_REPS times, keeps the fastest; payload bytes are what the
-# backend counted (uploads) or what curl received (download), so chunk framing is not counted.
-xfer() {
-  local name=$1 via=$2 kind=$3 port res peakf="$TMP/out/peak-$1" rep code bytes secs mbs got
-  [[ $via == lameduck ]] && port=$P_LAMEDUCK || port=$P_BACKEND
-  XFERS+=("$name")
-  rm -f "$peakf"
-  [[ $via == lameduck ]] && start_sampler "$peakf"
-  X_MBS[$name]=-1; X_ALL[$name]=""; X_NOTE[$name]=""
-  for ((rep = 1; rep <= XFER_REPS; rep++)); do
-    rm -f "$TMP/out/body"
-    case $kind in
-      upload-cl) # PUT with Content-Length, file read by curl (sparse: zeros)
-        res=$(curl -sS -m "$XFER_MAX_TIME" -o "$TMP/out/body" -T "$TMP/www/big.bin" \
-          -w '%{http_code} %{size_upload} %{time_total}' \
-          "http://127.0.0.1:$port/upload" 2>"$TMP/out/err") ;;
-      upload-chunked) # PUT, Transfer-Encoding: chunked, from a generator pipe
-        res=$(head -c "$XFER_BYTES" /dev/zero | curl -sS -m "$XFER_MAX_TIME" -o "$TMP/out/body" -T - \
-          -w '%{http_code} %{size_upload} %{time_total}' \
-          "http://127.0.0.1:$port/upload" 2>"$TMP/out/err") ;;
-      download)
-        res=$(curl -sS -m "$XFER_MAX_TIME" -o /dev/null \
-          -w '%{http_code} %{size_download} %{time_total}' \
-          "http://127.0.0.1:$port/files/big.bin" 2>"$TMP/out/err") ;;
-    esac
-    read -r code bytes secs <<<"$res"
-    if [[ $kind == upload-* ]]; then
-      got=$(tr -d '\n' <"$TMP/out/body" 2>/dev/null)
-      [[ $got =~ ^[0-9]+$ ]] && bytes=$got || bytes=0
+  sampler=$!
+  S_OK[$name]=0 S_SECS[$name]="" S_ALL[$name]=""
+  for _ in $(seq "$STREAM_REPS"); do
+    if [[ $3 == up ]]; then
+      res=$(curl -sS -m 120 -H 'Expect:' -T "$TMP/big.bin" -o "$TMP/count" \
+        -w '%{http_code} %{time_total}' "http://127.0.0.1:$port/count")
+      bytes=$(cat "$TMP/count" 2>/dev/null)
+    else
+      res=$(curl -sS -m 120 -o /dev/null -w '%{http_code} %{time_total} %{size_download}' \
+        "http://127.0.0.1:$port/download?bytes=$STREAM_BYTES")
+      bytes=${res##* }
     fi
-    mbs=$(awk -v b="${bytes:-0}" -v t="${secs:-0}" 'BEGIN {if (t > 0) printf "%.0f", b / t / 1e6; else print 0}')
-    log "  $name #$rep: HTTP $code, $bytes payload bytes in $secs s = $mbs MB/s"
-    X_ALL[$name]+="${X_ALL[$name]:+ / }$mbs"
-    if [[ $code != 200 || $bytes != "$XFER_BYTES" ]]; then
-      X_NOTE[$name]+="run $rep: HTTP $code, $bytes of $XFER_BYTES bytes $(head -c 150 "$TMP/out/err" | tr '\n' ' ') "
+    read -r code secs _ <<<"$res"
+    if [[ $code == 200 && $bytes == "$STREAM_BYTES" ]]; then
+      S_OK[$name]=$((S_OK[$name] + 1))
+    else
+      log "  $name: HTTP $code, ${bytes:-no} bytes of $STREAM_BYTES arrived"
     fi
-    if ((mbs > X_MBS[$name])); then
-      X_MBS[$name]=$mbs; X_CODE[$name]=$code; X_BYTES[$name]=$bytes; X_SECS[$name]=$secs
+    S_ALL[$name]+="${S_ALL[$name]:+, }$(printf '%.2f' "$secs")"
+    if [[ -z ${S_SECS[$name]} ]] || awk -v a="$secs" -v b="${S_SECS[$name]}" 'BEGIN {exit !(a < b)}'; then
+      S_SECS[$name]=$secs
     fi
   done
-  [[ $via == lameduck ]] && stop_sampler
-  X_PEAK[$name]="-"
-  [[ -f $peakf ]] && X_PEAK[$name]=$(mib "$(cat "$peakf")")
-  [[ -z ${X_NOTE[$name]} ]] && X_NOTE[$name]="ok: all bytes arrived"
+  kill "$sampler" 2>/dev/null
+  wait "$sampler" 2>/dev/null
+  read -r "S_PEAK[$name]" <"$TMP/peak"
+  log "  $name: ${S_ALL[$name]} s, lameduck RSS $(mib "${S_RSS0[$name]}") -> peak $(mib "${S_PEAK[$name]}")"
+}
+streaming() {
+  log "4. streaming: $STREAM_BYTES bytes up and down, directly and through lameduck, $STREAM_REPS times each"
+  truncate -s "$STREAM_BYTES" "$TMP/big.bin" # sparse: no disk space, reads are zeros
+  cat "$TMP/big.bin" >/dev/null               # into the page cache, or the first upload pays for it
+  stream "upload (PUT, Content-Length), direct" direct up
+  stream "upload (PUT, Content-Length), lameduck" lameduck up
+  stream "download, direct" direct down
+  stream "download, lameduck" lameduck down
+  rm -f "$TMP/big.bin"
 }
 
-xfer "upload Content-Length, direct" direct upload-cl
-xfer "upload Content-Length, lameduck" lameduck upload-cl
-xfer "upload chunked (pipe), direct" direct upload-chunked
-xfer "upload chunked (pipe), lameduck" lameduck upload-chunked
-RSS_UP=$(status_kb "$LD_PID" VmRSS)
-HWM_UP=$(status_kb "$LD_PID" VmHWM)
-xfer "download, direct" direct download
-xfer "download, lameduck" lameduck download
-sleep 0.5
-RSS_END=$(status_kb "$LD_PID" VmRSS)
-HWM_END=$(status_kb "$LD_PID" VmHWM)
-kill -0 "$LD_PID" 2>/dev/null || die "lameduck died during the transfers"
-
-# --------------------------------------------------------------------------
-# report
-# --------------------------------------------------------------------------
-LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-OTHERS=$(ps -eo pid=,comm= | awk '$2 ~ /^(rustc|cargo|node|lameduck|nginx|haproxy|wrk|python3?)$/' | wc -l)
-LD_WARN=$(grep -cE 'WARN|ERROR' "$TMP/lameduck.log")
-wrk_version=$(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')
-nginx_version=$(nginx -v 2>&1)
-haproxy_version=$( ((HAVE_HAPROXY)) && haproxy -v 2>&1 | head -1 | sed 's/ - https.*//' || echo "not installed")
-git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git_dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo " (+ uncommitted changes)")
+# ------------------------------------------------------------------------------ report
 
 report() {
-  local t name base=${RPS[direct]:-0}
+  local t n cols k kn
   cat <<EOF
-# lameduck benchmark
+# lameduck, nginx and HAProxy side by side
 
-- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
-- machine: nproc=$(nproc), $(uname -srm), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)
-- lameduck: $("$LAMEDUCK" --version 2>&1), git $git_rev$git_dirty, $(rustc --version 2>/dev/null)
-- tools: $nginx_version; $wrk_version; $haproxy_version; $(curl --version | head -1 | cut -d' ' -f1-2)
-- load average (1/5/15 min) at start: $LOAD_START, at end: $LOAD_END (the machine is not isolated:
-  anything else running competes with the benchmark; rustc/cargo/node/nginx/... processes at end, including ours: $OTHERS)
-- everything on 127.0.0.1 on the same $(nproc)-core machine: client, proxy and backend compete for CPU
-- backend: nginx (worker_processes auto), \`return 200 "ok"\`; nginx proxy: keepalive pool of 64,
-  HTTP/1.1 upstream; HAProxy: nbthread 2, http-reuse always; lameduck: no child, --upstream at the backend
+\`$COMMAND\` — $(date -u '+%Y-%m-%d %H:%M UTC'), lameduck $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ' (+ uncommitted changes)'), took $(((SECONDS - STARTED) / 60)) min $(((SECONDS - STARTED) % 60)) s
 
-## Throughput and latency
+- machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo), $(uname -sr)
+- load average (1/5/15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end — the machine is not isolated
+- $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1 | sed 's/ - https.*//'); $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//'); $("$LAMEDUCK" --version)
+- everything on 127.0.0.1: client, proxy and backend share the $(nproc) cores
+- backend: nginx, 1 worker, \`return 200 "ok"\`. nginx: worker_processes auto, upstream keepalive 128.
+  HAProxy: mode http, nbthread $(nproc), http-reuse always. lameduck: \`--upstream\` at the backend, defaults.
 
-wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION --latency (keep-alive), after a $WRK_WARMUP warm-up, \`GET /\` -> 200 "ok"
+## 1. Load
 
-| target | req/s | vs direct | p50 (ms) | p99 (ms) | non-2xx | socket errors | proxy CPU (s) | proxy CPU µs/req | backend conns opened |
-|---|---:|---:|---:|---:|---:|---|---:|---:|---:|
+\`wrk -t1 -c$CONNS -d$DURATION --latency\`, keep-alive, \`GET /\`; $ROUNDS interleaved rounds, medians.
+CPU µs/request: user+sys of all the proxy's processes over the round (nginx master and workers), from
+/proc/PID/stat, divided by the requests served; the backend is not counted.
+
+| proxy | req/s | p50 µs | p99 µs | CPU µs/request | req/s vs nginx | CPU/request vs nginx | errors |
+|---|---:|---:|---:|---:|---:|---:|---:|
 EOF
   for t in "${TARGETS[@]}"; do
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "${RPS[$t]}" \
-      "$(awk -v a="${RPS[$t]}" -v b="$base" 'BEGIN {if (b > 0) printf "%.0f%%", 100 * a / b; else print "-"}')" \
-      "${P50[$t]}" "${P99[$t]}" "${NON2XX[$t]}" "${SOCKERR[$t]}" "${CPU_S[$t]}" "${CPU_US[$t]}" "${CONNS[$t]}"
+    printf '| %s | %.0f | %.0f | %.0f | %.1f | %s | %s | %s |\n' "$t" "${M[$t,3]}" "${M[$t,4]}" \
+      "${M[$t,5]}" "${M[$t,6]}" "$(ratio "${M[$t,3]}" "${M[nginx,3]}")" \
+      "$(ratio "${M[$t,6]}" "${M[nginx,6]}")" "${M[$t,errs]}"
   done
-  cat <<EOF
-
-proxy CPU = user+system CPU time of the proxy process(es) during the timed run (all nginx-proxy workers;
-on a $(nproc)-core machine shared with wrk and the backend). backend conns opened = TCP connections the
-backend accepted during the timed run (stub_status; $WRK_CONNS expected for direct, ~0 for a proxy
-that keeps its upstream connections alive).
-EOF
-  cat <<EOF
-
-## lameduck memory (pid $LD_PID)
-
-| moment | VmRSS | VmHWM (peak so far) |
-|---|---:|---:|
-| idle, right after /ready = 200 | $(mib "$RSS_READY") | $(mib "$HWM_READY") |
-| after the wrk runs | $(mib "$RSS_LOAD") | $(mib "$HWM_LOAD") |
-| after the 1 GiB uploads | $(mib "$RSS_UP") | $(mib "$HWM_UP") |
-| after the 1 GiB download (end) | $(mib "$RSS_END") | $(mib "$HWM_END") |
-
-## 1 GiB streaming transfers
-
-Uploads: \`curl -T\` (PUT) to \`/upload\` -> nginx (\`proxy_request_buffering off\`) -> python sink that reads
-and discards the body and answers with the byte count. "direct" goes to the nginx backend, skipping lameduck.
-Download: nginx serves a 1 GiB sparse file (\`truncate -s 1G\`), \`curl -o /dev/null\`.
-Each transfer runs $XFER_REPS times; the fastest is shown. MB/s = 10^6 payload bytes/s (chunk framing not counted).
-Peak RSS during = max VmRSS of lameduck sampled every 50 ms during that transfer.
-
-| transfer | HTTP | payload bytes | seconds (best) | MB/s (best) | MB/s (each run) | lameduck peak RSS during | notes |
-|---|---:|---:|---:|---:|---:|---:|---|
-EOF
-  for name in "${XFERS[@]}"; do
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "${X_CODE[$name]}" "${X_BYTES[$name]}" \
-      "${X_SECS[$name]}" "${X_MBS[$name]}" "${X_ALL[$name]}" "${X_PEAK[$name]}" "${X_NOTE[$name]}"
+  echo
+  echo "errors: non-2xx answers and socket errors, summed over the rounds. Each round (req/s, CPU µs/request):"
+  echo
+  echo "| round |$(printf ' %s |' "${TARGETS[@]}")"
+  echo "|---:|$(printf -- '---:|%.0s' "${TARGETS[@]}")"
+  for n in $(seq "$ROUNDS"); do
+    cols=""
+    for t in "${TARGETS[@]}"; do
+      cols+=$(awk -v t="$t" -v r="$n" '$1 == t && $2 == r {printf " %s, %s |", $3, $6}' "$TMP/rows")
+    done
+    echo "| $n |$cols"
   done
-  cat <<EOF
 
-lameduck peak RSS over the whole run (VmHWM at the end): **$(mib "$HWM_END")**.
-WARN/ERROR lines in lameduck's log during the run: $LD_WARN
+  if [[ -n $IDLE_COUNTS ]]; then
+    cat <<EOF
+
+## 2. Memory per idle keep-alive client
+
+RSS: VmRSS summed over the proxy's processes (nginx: master and $(($(proxy_pids nginx | wc -l) - 1)) workers; pages they share
+count once per process, alike in every step), idle after the load above, then with N clients open (each
+sent one request, got its 200 and stays open; bench/idle_clients.py), ${SETTLE} s after the last one got
+its answer. The clients are closed between steps. KiB per connection = (RSS with N - RSS idle) / N.
+Last column: RSS 1 s after the last clients closed.
+
 EOF
+    local head="| proxy | idle RSS |" line="|---|---:|"
+    for n in $IDLE_COUNTS; do
+      head+=" RSS, $(thousands "$n") clients | KiB/conn | vs nginx |"
+      line+="---:|---:|---:|"
+    done
+    echo "$head RSS after |"
+    echo "$line---:|"
+    for t in "${TARGETS[@]}"; do
+      cols=""
+      for n in $IDLE_COUNTS; do
+        k=$(per_conn "${IDLE_RSS[$t]}" "${RSS_WITH[$t,$n]}" "${HELD_N[$t,$n]}")
+        kn=$(per_conn "${IDLE_RSS[nginx]}" "${RSS_WITH[nginx,$n]}" "${HELD_N[nginx,$n]}")
+        cols+=" $(mib "${RSS_WITH[$t,$n]}")$( ((HELD_N[$t,$n] == n)) || echo " (${HELD_N[$t,$n]} held)") | $k | $(ratio "$k" "$kn") |"
+      done
+      echo "| $t | $(mib "${IDLE_RSS[$t]}") |$cols $(mib "${RSS_AFTER[$t]}") |"
+    done
+  fi
+
+  if ((WS_TUNNELS > 0)); then
+    cat <<EOF
+
+## 3. Memory per WebSocket tunnel
+
+Fresh instances of the three proxies in front of the test backend (\`cargo build --release --examples\`,
+target/release/examples/test-backend, a hyper server whose /ws echoes), each warmed up by 1 s of wrk on
+/hello; idle RSS, then RSS with $(thousands "$WS_TUNNELS") WebSocket tunnels open (handshake answered 101, then idle),
+${SETTLE} s after the last handshake; and 1 s after they closed.
+
+| proxy | idle RSS | RSS, $(thousands "$WS_TUNNELS") tunnels | KiB/tunnel | vs nginx | RSS after |
+|---|---:|---:|---:|---:|---:|
+EOF
+    kn=$(per_conn "${WS_IDLE[nginx-ws]}" "${WS_WITH[nginx-ws]}" "${WS_HELD[nginx-ws]}")
+    for t in nginx-ws haproxy-ws lameduck-ws; do
+      k=$(per_conn "${WS_IDLE[$t]}" "${WS_WITH[$t]}" "${WS_HELD[$t]}")
+      echo "| ${t%-ws} | $(mib "${WS_IDLE[$t]}") | $(mib "${WS_WITH[$t]}")$( ((WS_HELD[$t] == WS_TUNNELS)) || echo " (${WS_HELD[$t]} held)") | $k | $(ratio "$k" "$kn") | $(mib "${WS_AFTER[$t]}") |"
+    done
+  fi
+
+  if ((STREAM_BYTES > 0)); then
+    cat <<EOF
+
+## 4. Streaming $(awk -v b="$STREAM_BYTES" 'BEGIN {printf "%.0f MiB", b / 1048576}') through lameduck
+
+$STREAM_REPS transfers each way with curl, to the test backend's /count (reads and counts the body) and from
+its /download (64 KiB chunks); "direct" skips lameduck; MB/s of the fastest. lameduck's RSS (the WebSocket
+instance above) sampled every 50 ms during the transfers.
+
+| transfer | complete | seconds, each | MB/s | lameduck RSS before | lameduck peak RSS during |
+|---|---:|---:|---:|---:|---:|
+EOF
+    for n in "${STREAMS[@]}"; do
+      if [[ $n == *lameduck ]]; then cols="$(mib "${S_RSS0[$n]}") | $(mib "${S_PEAK[$n]}")"; else cols="- | -"; fi
+      echo "| $n | ${S_OK[$n]} of $STREAM_REPS | ${S_ALL[$n]} | $(awk -v b="$STREAM_BYTES" -v s="${S_SECS[$n]}" 'BEGIN {printf "%.0f", (s > 0) ? b / s / 1e6 : 0}') | $cols |"
+    done
+  fi
+
+  local warn
+  warn=$(cat "$TMP"/lameduck*.log | grep -cE ' (WARN|ERROR) ')
+  echo
+  echo "WARN/ERROR lines logged by lameduck during the run: $warn."
 }
 
-REPORT=$(report)
-{
-  echo "$REPORT"
-  echo
-  echo "## Raw wrk output"
-  for t in "${TARGETS[@]}"; do
-    printf '\n### %s\n\n```\n%s\n```\n' "$t" "$(cat "$TMP/out/wrk-$t.txt")"
-  done
-  if ((LD_WARN > 0)); then
-    printf '\n## lameduck WARN/ERROR lines (first 20)\n\n```\n%s\n```\n' \
-      "$(grep -E 'WARN|ERROR' "$TMP/lameduck.log" | head -20)"
-  fi
-} >"$RESULTS"
-
+load
+[[ -n $IDLE_COUNTS ]] && idle_memory
+((WS_TUNNELS > 0)) && websocket_memory
+if ((STREAM_BYTES > 0)); then
+  [[ -n ${PORT[lameduck-ws]:-} ]] || { start_test_backend; start_lameduck lameduck-ws "$P_TEST"; }
+  streaming
+fi
+report >"$TMP/report.md"
+cp "$TMP/report.md" "$RESULTS"
 echo
-echo "$REPORT"
-echo
-log "written to $RESULTS"
+cat "$TMP/report.md"
+log "written to $RESULTS in $((SECONDS - STARTED)) s"
