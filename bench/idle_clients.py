@@ -7,7 +7,7 @@ closes. Prints `held N` once all are open (N: those whose request succeeded).
     idle_clients.py PORT COUNT /ws --websocket
                                              # a WebSocket handshake, then the tunnel is held
 
-Used by bench/run.sh and bench/soak.sh to measure what an idle connection costs a proxy.
+Used by bench/run.sh to measure what an idle connection (or tunnel) costs a proxy.
 """
 
 import asyncio
