@@ -13,7 +13,9 @@ use http::{request, Request};
 use http::{StatusCode, Version};
 
 /// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOPS: usize = 8;
+/// `Connection` first: the headers it names go too.
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -269,12 +271,23 @@ pub fn close_when_shutting_down(
 /// Removes hop-by-hop headers and every header the `Connection` header names. `TE: trailers` is
 /// kept: it is how gRPC clients say they accept trailers, and it holds end to end.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Which of them are there, from one look at each name rather than a hashed lookup per
+    // hop-by-hop name: most heads have none, or only `Connection`.
+    let mut present = [false; HOPS];
+    let mut te = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(index) => present[index] = true,
+            None => te |= name == header::TE,
+        }
+    }
     // Most clients name only `keep-alive`, `close` or `upgrade`: no list to build then.
-    let names_others = connection_tokens(headers).any(|token| {
-        !["keep-alive", "close", "upgrade"]
-            .iter()
-            .any(|t| token.eq_ignore_ascii_case(t))
-    });
+    let names_others = present[0]
+        && connection_tokens(headers).any(|token| {
+            !["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|t| token.eq_ignore_ascii_case(t))
+        });
     if names_others {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
@@ -283,13 +296,15 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
     let te_is_trailers = headers
         .get(header::TE)
         .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_is_trailers {
+    if te && !te_is_trailers {
         headers.remove(header::TE);
     }
 }
