@@ -327,27 +327,42 @@ fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Appends this hop to `X-Forwarded-For`, `-Proto` and `-Host`, after any values already there.
 fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&HeaderValue>) {
-    append_list(headers, &X_FORWARDED_FOR, |list| {
+    let ip = remote.ip().to_canonical();
+    append_list(headers, &X_FORWARDED_FOR, || {
+        let mut text = Vec::with_capacity(39);
         // Writing into a Vec cannot fail.
-        let _ = write!(list, "{}", remote.ip().to_canonical());
+        let _ = write!(text, "{ip}");
+        HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
     });
-    append_list(headers, &X_FORWARDED_PROTO, |list| {
-        list.extend_from_slice(b"http")
+    append_list(headers, &X_FORWARDED_PROTO, || {
+        Some(HeaderValue::from_static("http"))
     });
     if let Some(host) = host {
-        append_list(headers, &X_FORWARDED_HOST, |list| {
-            list.extend_from_slice(host.as_bytes())
-        });
+        append_list(headers, &X_FORWARDED_HOST, || Some(host.clone()));
     }
 }
 
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, write_value: impl FnOnce(&mut Vec<u8>)) {
+/// Appends `value` to the list header `name`: set to it alone when the client sent none (no
+/// copy of the existing values to make, most often).
+fn append_list(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    value: impl FnOnce() -> Option<HeaderValue>,
+) {
+    let Some(value) = value() else {
+        return;
+    };
+    let mut existing = headers.get_all(name).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(name, value);
+        return;
+    }
     let mut list = Vec::with_capacity(64);
-    for existing in headers.get_all(name) {
+    for existing in existing {
         list.extend_from_slice(existing.as_bytes());
         list.extend_from_slice(b", ");
     }
-    write_value(&mut list);
+    list.extend_from_slice(value.as_bytes());
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
         headers.insert(name, value);
     }
