@@ -590,16 +590,17 @@ impl HeadScan {
             if self.done {
                 break;
             }
-            // (A line's name, the first bytes, goes one at a time.)
-            let run = if self.line_len < TRANSFER_ENCODING.len() {
-                0
+            // In bulk where nothing but the line's end, a control character or a limit can
+            // happen; else (a header line's first byte, a framing header's value, the byte that
+            // breaks a rule) one byte at a time.
+            let run = if self.lines == 0 || self.line_len >= TRANSFER_ENCODING.len() {
+                self.take_plain(bytes, max_size)
+            } else if self.line_len > 0 {
+                self.take_name(bytes, max_size)
             } else {
-                self.plain_run(bytes, max_size)
+                0
             };
             if run > 0 {
-                self.len += run;
-                self.line_len += run;
-                self.after_cr = bytes[run - 1] == b'\r';
                 bytes = &bytes[run..];
                 continue;
             }
@@ -609,10 +610,11 @@ impl HeadScan {
         Ok(())
     }
 
-    /// How many of `bytes` need no look one at a time: in a line past the longest framing
-    /// header's name, not a framing header's value, before the line's end, a control character,
-    /// or a limit. Most of a head's bytes (long values: user agents, cookies) go this way.
-    fn plain_run(&self, bytes: &[u8], max_size: usize) -> usize {
+    /// Takes the bytes that need no look one at a time: in the request line, or in a header
+    /// line past the longest framing header's name and not a framing header's value; up to the
+    /// line's end, a control character, or a limit. Most of a head's bytes (long values: user
+    /// agents, cookies) go this way. Returns how many it took.
+    fn take_plain(&mut self, bytes: &[u8], max_size: usize) -> usize {
         if !matches!(self.framing, Framing::Other) {
             return 0;
         }
@@ -633,11 +635,51 @@ impl HeadScan {
             }
             plain += 16;
         }
-        plain
+        let run = plain
             + bytes[plain..]
                 .iter()
                 .position(|&byte| byte == b'\n' || is_forbidden_control(byte))
-                .unwrap_or(bytes.len() - plain)
+                .unwrap_or(bytes.len() - plain);
+        if run > 0 {
+            self.len += run;
+            self.line_len += run;
+            self.after_cr = bytes[run - 1] == b'\r';
+        }
+        run
+    }
+
+    /// Takes the next bytes of a header line's name (after its first byte, before any framing
+    /// header's value), in lower case for [`HeadScan::recognise_framing`]: up to where a framing
+    /// header's name would end, the line's end, a control character, or a limit. Returns how
+    /// many it took.
+    fn take_name(&mut self, bytes: &[u8], max_size: usize) -> usize {
+        if !matches!(self.framing, Framing::Other) {
+            return 0;
+        }
+        let stop = if self.line_len < CONTENT_LENGTH.len() {
+            CONTENT_LENGTH.len()
+        } else {
+            TRANSFER_ENCODING.len()
+        };
+        let room = max_size.saturating_sub(self.len + 1);
+        let bytes = &bytes[..bytes.len().min(stop - self.line_len).min(room)];
+        let run = bytes
+            .iter()
+            .position(|&byte| byte == b'\n' || is_forbidden_control(byte))
+            .unwrap_or(bytes.len());
+        if run == 0 {
+            return 0;
+        }
+        for (slot, &byte) in self.name[self.line_len..].iter_mut().zip(&bytes[..run]) {
+            *slot = byte.to_ascii_lowercase();
+        }
+        self.len += run;
+        self.line_len += run;
+        self.after_cr = bytes[run - 1] == b'\r';
+        if self.line_len == stop {
+            self.recognise_framing();
+        }
+        run
     }
 
     /// Scans one byte of the head.
