@@ -1160,6 +1160,76 @@ mod tests {
         whole
     }
 
+    /// The scan one byte at a time, as the reference for the bulk paths.
+    fn scan_bytewise(head: &[u8], max: usize) -> (Result<(), ClientError>, HeadScan) {
+        let mut scan = HeadScan::new(1, true);
+        for &byte in head {
+            if scan.done {
+                break;
+            }
+            if let Err(err) = scan.feed_byte(byte, max) {
+                return (Err(err), scan);
+            }
+        }
+        (Ok(()), scan)
+    }
+
+    /// The bulk paths give what one byte at a time gives, verdict and position, on thousands of
+    /// heads mutated at random (framing headers, long lines, control characters, limits), fed in
+    /// random pieces.
+    #[test]
+    fn the_bulk_scan_agrees_with_the_bytewise_scan() {
+        let seeds: [&[u8]; 4] = [
+            b"GET /a/long/path/that/goes/on?and=on&and=on HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101\r\nAccept: */*\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 3\r\n\r\n",
+            b"\r\nPUT /y HTTP/1.1\r\ncontent-length:5 \r\nTRANSFER-ENCODING: gzip, chunked\r\nCookie: a=b; c=d; e=ffffffffffffffffffffffffffffffff\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: y\r\n folded\r\nA:\tb\r\n\r\n",
+        ];
+        let alphabet = b"\r\n\t :;,aZ0\x00\x01\x7f\x80-/";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            usize::try_from(state % n as u64).unwrap()
+        };
+        for case in 0..20_000 {
+            let mut head = seeds[case % seeds.len()].to_vec();
+            for _ in 0..random(4) {
+                let at = random(head.len());
+                match random(3) {
+                    0 => head[at] = alphabet[random(alphabet.len())],
+                    1 => head.insert(at, alphabet[random(alphabet.len())]),
+                    _ => head
+                        .splice(at..at, std::iter::repeat_n(b'q', random(40)))
+                        .for_each(drop),
+                }
+            }
+            let max = [64, 100, 1000, MAX][random(4)];
+            let (expected, reference) = scan_bytewise(&head, max);
+            let mut scan = HeadScan::new(1, true);
+            let mut rest = &head[..];
+            let mut got = Ok(());
+            while !rest.is_empty() && got.is_ok() {
+                let piece = 1 + random(rest.len());
+                got = scan.feed(&rest[..piece], max);
+                rest = &rest[piece..];
+            }
+            let shown = String::from_utf8_lossy(&head);
+            assert_eq!(got, expected, "case {case}, max {max}: {shown:?}");
+            assert_eq!(
+                (scan.len, scan.lines, scan.done, scan.line_len),
+                (
+                    reference.len,
+                    reference.lines,
+                    reference.done,
+                    reference.line_len
+                ),
+                "case {case}, max {max}: {shown:?}"
+            );
+        }
+    }
+
     /// Long lines go through the scan's bulk path (sixteen bytes at a time past a line's
     /// name): the same verdicts, wherever the reads split them.
     #[test]
