@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{request, Request};
 use http::{StatusCode, Version};
@@ -343,7 +343,7 @@ fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&Head
 }
 
 /// Appends `value` to the list header `name`: set to it alone when the client sent none (no
-/// copy of the existing values to make, most often).
+/// copy of the existing values to make, most often). One lookup either way.
 fn append_list(
     headers: &mut HeaderMap,
     name: &HeaderName,
@@ -352,19 +352,22 @@ fn append_list(
     let Some(value) = value() else {
         return;
     };
-    let mut existing = headers.get_all(name).iter().peekable();
-    if existing.peek().is_none() {
-        headers.insert(name, value);
-        return;
-    }
-    let mut list = Vec::with_capacity(64);
-    for existing in existing {
-        list.extend_from_slice(existing.as_bytes());
-        list.extend_from_slice(b", ");
-    }
-    list.extend_from_slice(value.as_bytes());
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
-        headers.insert(name, value);
+    match headers.entry(name) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        Entry::Occupied(mut slot) => {
+            let mut list = Vec::with_capacity(64);
+            for existing in slot.iter() {
+                list.extend_from_slice(existing.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(value.as_bytes());
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+                // Replaces every earlier line of the header.
+                slot.insert(value);
+            }
+        }
     }
 }
 
