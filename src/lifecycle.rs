@@ -725,7 +725,9 @@ mod tests {
 
         async fn reach(&self, phase: Phase) {
             let mut rx = self.phase.subscribe();
-            rx.wait_for(|p| *p >= phase).await.unwrap();
+            while rx.borrow_and_update() < phase {
+                rx.changed().await.unwrap();
+            }
         }
 
         /// A request in flight that ends when the cut comes, as a streamed response does.

@@ -3,6 +3,10 @@
 //! The lifecycle holds the one [`PhaseWriter`]; everything else holds [`Phases`], which can read
 //! the phase and wait for it to change but never set it.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -56,12 +60,13 @@ impl Phase {
 /// A new phase cell, in [`Phase::Starting`]: the writer for the lifecycle, the reader for the rest.
 pub fn cell() -> (PhaseWriter, Phases) {
     let (tx, rx) = watch::channel(Phase::Starting);
-    (PhaseWriter(tx), Phases(rx))
+    let now = Arc::new(AtomicU8::new(Phase::Starting as u8));
+    (PhaseWriter(tx, Arc::clone(&now)), Phases { rx, now })
 }
 
 /// The right to move the phase on. Deliberately not `Clone`: only the lifecycle has it.
 #[derive(Debug)]
-pub struct PhaseWriter(watch::Sender<Phase>);
+pub struct PhaseWriter(watch::Sender<Phase>, Arc<AtomicU8>);
 
 impl PhaseWriter {
     /// Moves to `phase`. Phases only move forwards; an attempt to go back is ignored.
@@ -70,6 +75,7 @@ impl PhaseWriter {
             let forward = phase > *current;
             if forward {
                 *current = phase;
+                self.1.store(phase as u8, Relaxed);
             }
             forward
         });
@@ -82,24 +88,29 @@ impl PhaseWriter {
 
 /// A reader of the phase, cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Phases(watch::Receiver<Phase>);
+pub struct Phases {
+    rx: watch::Receiver<Phase>,
+    /// The phase as a plain atomic: read on every request, where the channel's own read would
+    /// take its lock (an atomic write on a line every worker thread shares).
+    now: Arc<AtomicU8>,
+}
 
 impl Phases {
     pub fn get(&self) -> Phase {
-        *self.0.borrow()
+        Phase::ALL[usize::from(self.now.load(Relaxed))]
     }
 
     /// A receiver that wakes on every change (connections use it to start their graceful close).
-    pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        let mut rx = self.0.clone();
+    pub fn subscribe(&self) -> Subscription {
+        let mut rx = self.rx.clone();
         rx.borrow_and_update();
-        rx
+        Subscription(rx)
     }
 
     /// Waits, at most `limit`, for startup to end; returns the phase it ended in, or `None` if
     /// lameduck is still starting.
     pub async fn wait_started(&self, limit: Duration) -> Option<Phase> {
-        let mut rx = self.0.clone();
+        let mut rx = self.rx.clone();
         let started = tokio::time::timeout(limit, rx.wait_for(|p| *p != Phase::Starting)).await;
         match started {
             Ok(Ok(phase)) => Some(*phase),
@@ -107,6 +118,35 @@ impl Phases {
             Ok(Err(_)) => Some(Phase::Stopping),
             Err(_) => None,
         }
+    }
+}
+
+/// One connection's (or task's) view of phase changes.
+#[derive(Debug)]
+pub struct Subscription(watch::Receiver<Phase>);
+
+impl Subscription {
+    /// Resolves once the phase has moved on since last seen, or the writer is gone (`Err`).
+    /// Cheap to poll again and again, as a connection's task does on each of its wake-ups: after
+    /// the first poll has registered the task, later ones only compare the channel's version
+    /// (polling tokio's waiting future again would take the channel's lock every time).
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        let probe = self.0.clone();
+        let mut registered = false;
+        let mut changed = std::pin::pin!(self.0.changed());
+        std::future::poll_fn(|cx| {
+            if registered && matches!(probe.has_changed(), Ok(false)) {
+                return Poll::Pending;
+            }
+            registered = true;
+            changed.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// The phase now, marked as seen.
+    pub fn borrow_and_update(&mut self) -> Phase {
+        *self.0.borrow_and_update()
     }
 }
 
@@ -123,6 +163,34 @@ mod tests {
         assert_eq!(phases.get(), Phase::Draining);
         assert!(!phases.get().admits());
         assert!(phases.get().is_shutting_down());
+    }
+
+    /// A subscription polled many times without a change stays pending, and wakes its task
+    /// once the phase moves; the writer gone ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_wakes_on_a_change_however_often_it_was_polled() {
+        let (writer, phases) = cell();
+        let mut subscription = phases.subscribe();
+        let waiter = tokio::spawn(async move {
+            {
+                let mut changed = std::pin::pin!(subscription.changed());
+                for _ in 0..3 {
+                    let polled =
+                        std::future::poll_fn(|cx| Poll::Ready(changed.as_mut().poll(cx))).await;
+                    assert!(polled.is_pending());
+                    tokio::task::yield_now().await;
+                }
+                changed.await.unwrap();
+            }
+            let now = subscription.borrow_and_update();
+            (now, subscription.changed().await.is_err())
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        writer.set(Phase::Ready);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(writer);
+        assert_eq!(waiter.await.unwrap(), (Phase::Ready, true));
+        assert_eq!(phases.get(), Phase::Ready);
     }
 
     #[tokio::test(start_paused = true)]

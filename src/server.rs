@@ -40,7 +40,7 @@ use crate::backend::Backend;
 use crate::body::{BoxError, ResponseBody};
 use crate::config::Config;
 use crate::headers::{ClientError, MAX_HEADERS};
-use crate::phase::{Phase, Phases};
+use crate::phase::{Phase, Phases, Subscription};
 use crate::proxy::Proxy;
 use edge::{Activity, EdgeIo, Expiry, HeadTimer, RequestGuard, Watch};
 
@@ -338,7 +338,7 @@ async fn connection(
                 continue;
             }
             changed = phase.changed(), if !closing => {
-                let draining = changed.is_err() || *phase.borrow_and_update() >= Phase::Draining;
+                let draining = changed.is_err() || phase.borrow_and_update() >= Phase::Draining;
                 if draining && served.load(Relaxed) {
                     conn.graceful_shutdown();
                     closing = true;
@@ -370,9 +370,9 @@ async fn park(
     io: &mut EdgeIo,
     unread: Bytes,
     activity: &Activity,
-    phase: &mut tokio::sync::watch::Receiver<Phase>,
+    phase: &mut Subscription,
 ) -> bool {
-    if *phase.borrow_and_update() >= Phase::Draining {
+    if phase.borrow_and_update() >= Phase::Draining {
         return false;
     }
     let idle_until = activity.parked_until();
@@ -386,7 +386,7 @@ async fn park(
                 return false;
             }
             changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow_and_update() >= Phase::Draining {
+                if changed.is_err() || phase.borrow_and_update() >= Phase::Draining {
                     return false;
                 }
             }
