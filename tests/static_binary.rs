@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,14 +36,19 @@ struct Static {
 /// The static binary, built once for all the tests here; `None` (the reason printed) when this
 /// machine cannot build or run it. A failing build fails the tests.
 fn prepared() -> Option<&'static Static> {
-    static PREPARED: OnceLock<Result<Static, String>> = OnceLock::new();
-    match PREPARED.get_or_init(prepare) {
-        Ok(prepared) => Some(prepared),
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
+    static PREPARED: OnceLock<Option<Static>> = OnceLock::new();
+    PREPARED
+        .get_or_init(|| {
+            prepare()
+                .map_err(|why| {
+                    // Straight to stderr, once: `eprintln!` would be captured with a passing
+                    // test's output, and a skip must be seen.
+                    let line = format!("tests/static_binary.rs: SKIPPED: {why}\n");
+                    let _ = std::io::stderr().write_all(line.as_bytes());
+                })
+                .ok()
+        })
+        .as_ref()
 }
 
 fn prepare() -> Result<Static, String> {
