@@ -3,9 +3,9 @@
 //! (scratch, distroless/static).
 //!
 //! It sends `GET` to lameduck's health path (or the PATH given) on the address lameduck listens
-//! on, found the way lameduck finds it: `LAMEDUCK_PORT`, `LAMEDUCK_BIND` and `LAMEDUCK_HEALTH_PATH`,
-//! the `--config` file named by `LAMEDUCK_CONFIG`, a `./cerebrium.toml`, else the defaults
-//! (`http://127.0.0.1:8000/health`). A wildcard bind address (`0.0.0.0`, `::`) is reached on
+//! on, found the way lameduck finds it: `LAMEDUCK_PORT`, `LAMEDUCK_BIND` and
+//! `LAMEDUCK_HEALTH_PATH`, the `--config` file named by `LAMEDUCK_CONFIG`, a `./cerebrium.toml`,
+//! else the defaults (`http://127.0.0.1:8000/health`). A wildcard bind address (`0.0.0.0`, `::`) is reached on
 //! loopback. Flags given to the lameduck being probed are not visible here: a `--port` flag must
 //! be repeated as `LAMEDUCK_PORT` or as a URL (`lameduck probe http://127.0.0.1:9000/health`).
 //!
@@ -77,8 +77,8 @@ fn command() -> clap::Command {
              HEALTHCHECK and Kubernetes exec probes)",
         )
         .arg(clap::Arg::new("target").value_name("PATH|URL").help(
-            "A path on lameduck's address (/ready), or a whole http:// URL \
-                     [default: the health path]",
+            "A path on lameduck's address (/ready), or a whole http:// URL [default: the \
+             health path]",
         ))
         .after_help(
             "Address: 127.0.0.1 and LAMEDUCK_PORT (default 8000), or wherever LAMEDUCK_BIND, \
@@ -151,7 +151,7 @@ impl Target {
         }
         let port = authority.port_u16().unwrap_or(80);
         Ok(Target {
-            addrs: config::loopback_addrs(authority.host(), port),
+            addrs: config::addrs_without_lookup(authority.host(), port),
             authority: authority.clone(),
             path: uri
                 .path_and_query()

@@ -253,8 +253,8 @@ pub struct Upstream {
     pub host: String,
     pub port: u16,
     /// Where to connect when that needs no name lookup: the address given as an IP literal, or
-    /// for `localhost` 127.0.0.1 then ::1 (see [`loopback_addrs`]). Empty for any other name,
-    /// which is looked up (DNS, `/etc/hosts`) at each new connection.
+    /// for `localhost` 127.0.0.1 then ::1 (see [`addrs_without_lookup`]). Empty for any other
+    /// name, which is looked up (`/etc/hosts`, DNS) at each new connection.
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -262,11 +262,12 @@ pub struct Upstream {
 /// for `localhost` (any case, with or without the final dot) 127.0.0.1 then ::1, in that order.
 /// Empty for any other name.
 ///
-/// `localhost` is answered here rather than by the system's resolver because a static lameduck in
-/// an image with nothing else in it (scratch, distroless/static) has no `/etc/hosts` and no NSS
-/// to ask. Both loopback addresses are kept, in case the backend listens on ::1 alone (Node binds
-/// `localhost` there when the resolver puts ::1 first); connecting tries them in order.
-pub fn loopback_addrs(host: &str, port: u16) -> Vec<SocketAddr> {
+/// `localhost` is answered here rather than by the system's resolver: a static lameduck may run
+/// where there is no `/etc/hosts` to ask (an empty root), and each new backend connection would
+/// otherwise wait for a lookup on a blocking thread. Both loopback addresses are kept, in case
+/// the backend listens on ::1 alone (Node binds `localhost` there when the resolver puts ::1
+/// first); connecting tries them in order.
+pub fn addrs_without_lookup(host: &str, port: u16) -> Vec<SocketAddr> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return vec![SocketAddr::new(ip, port)];

@@ -194,7 +194,7 @@ pub(super) fn upstream(value: &str) -> Result<Upstream, String> {
             .map_err(|_| EXPECTED.to_string())?
     };
     Ok(Upstream {
-        addrs: super::loopback_addrs(&host, port),
+        addrs: super::addrs_without_lookup(&host, port),
         authority,
         host,
         port,
@@ -274,8 +274,8 @@ mod tests {
         assert!(upstream("http://u:p@127.0.0.1:9000").is_err());
     }
 
-    /// No name lookup for IP literals and `localhost`: a static lameduck in an empty image has
-    /// no resolver. The authority (the `Host` header) stays as written.
+    /// No name lookup for IP literals and `localhost`: a static lameduck in an empty root has no
+    /// `/etc/hosts` to look in. The authority (the `Host` header) stays as written.
     #[test]
     fn upstream_addresses_need_no_lookup_for_ips_and_localhost() {
         use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
