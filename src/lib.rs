@@ -40,6 +40,9 @@
 //! - [`cut`]: the drain deadline's cut, and how each request in flight ended.
 //! - [`probes`]: the `/ready` and `/health` answers, and the backend's own health check.
 //! - [`telemetry`]: Prometheus metrics and the access log.
+//!
+//! Beside them, [`probe_command`] is `lameduck probe`: a client that asks a running lameduck for
+//! its health, for container health checks in images without curl.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -53,6 +56,7 @@ pub mod headers;
 pub mod lifecycle;
 pub mod limits;
 pub mod phase;
+pub mod probe_command;
 pub mod probes;
 pub mod proxy;
 pub mod server;

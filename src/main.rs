@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use lameduck::config::{Config, ConfigError, LogConfig, LogFormat};
 use lameduck::lifecycle::{self, exit, Budget};
-use lameduck::{child, limits, signals};
+use lameduck::{child, limits, probe_command, signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -16,6 +16,10 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|arg| arg == child::TRAMPOLINE) {
         return child::trampoline(&args[2..]);
+    }
+    // `lameduck probe`: a health check client, not lameduck (see `probe_command`).
+    if args.get(1).is_some_and(|arg| arg == probe_command::NAME) {
+        return probe_command::run(&args[2..]);
     }
 
     // The options, then whether the shutdown fits in the grace period with them.

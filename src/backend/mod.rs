@@ -42,6 +42,7 @@ use crate::config::{Protocol, Upstream};
 pub use links::Lease;
 use links::{Home, Link, IDLE_TIMEOUT};
 
+mod dial;
 mod links;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,7 +147,7 @@ pub struct Backend {
     /// This backend's idle links, on each worker thread.
     home: Home,
     /// For HTTP/2 clients, and every non-upgrade request with `--upstream-protocol http2`.
-    pool: Client<HttpConnector, RequestBody>,
+    pool: Client<HttpConnector<dial::Resolver>, RequestBody>,
     pool_version: Version,
     /// `--backend-timeout`: how long a request may wait for its response head.
     response_timeout: Option<Duration>,
@@ -161,7 +162,7 @@ impl Backend {
         idle_max: usize,
     ) -> Backend {
         static BACKENDS: AtomicU64 = AtomicU64::new(0);
-        let mut connector = HttpConnector::new();
+        let mut connector = HttpConnector::new_with_resolver(dial::Resolver::new(&upstream));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let mut pool = Client::builder(TokioExecutor::new());
@@ -317,7 +318,7 @@ impl Backend {
     }
 
     async fn connect_tcp(&self) -> Result<TcpStream, BackendError> {
-        let connect = TcpStream::connect((self.upstream.host.as_str(), self.upstream.port));
+        let connect = dial::connect(&self.upstream);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| BackendError::ConnectTimeout(CONNECT_TIMEOUT))?

@@ -23,7 +23,7 @@ mod source;
 mod tests;
 
 use std::ffi::OsString;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -246,9 +246,40 @@ pub struct Command {
 /// The backend's address: plain HTTP on a host and port.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// `host:port` as given (the port always written out): the `Host` header when a client sent
+    /// none, and the authority of the pooled client's requests.
     pub authority: Authority,
+    /// The host as given, without an IPv6 literal's brackets.
     pub host: String,
     pub port: u16,
+    /// Where to connect when that needs no name lookup: the address given as an IP literal, or
+    /// for `localhost` 127.0.0.1 then ::1 (see [`addrs_without_lookup`]). Empty for any other
+    /// name, which is looked up (`/etc/hosts`, DNS) at each new connection.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// The addresses `host` stands for without a name lookup: an IP literal's (brackets allowed), or
+/// for `localhost` (any case, with or without the final dot) 127.0.0.1 then ::1, in that order.
+/// Empty for any other name.
+///
+/// `localhost` is answered here rather than by the system's resolver: a static lameduck may run
+/// where there is no `/etc/hosts` to ask (an empty root), and each new backend connection would
+/// otherwise wait for a lookup on a blocking thread. Both loopback addresses are kept, in case
+/// the backend listens on ::1 alone (Node binds `localhost` there when the resolver puts ::1
+/// first); connecting tries them in order.
+pub fn addrs_without_lookup(host: &str, port: u16) -> Vec<SocketAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.eq_ignore_ascii_case("localhost") {
+        return vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        ];
+    }
+    Vec::new()
 }
 
 /// A value that lameduck will use otherwise than as given, or that needs a word of warning: for
@@ -280,11 +311,18 @@ fn command() -> clap::Command {
         .version(env!("CARGO_PKG_VERSION"))
         .about("A sidecar reverse proxy that gives any HTTP server a correct shutdown")
         .long_about(None)
-        .override_usage("lameduck [OPTIONS] [-- COMMAND [ARG]...]")
+        .override_usage(
+            "lameduck [OPTIONS] [-- COMMAND [ARG]...]\n       \
+             lameduck probe [PATH|URL]",
+        )
         .after_help(
             "DURATION: 500ms, 30s, 2m, 1h, or a bare number of seconds.\n\
              SIZE: bytes, or with a unit: 64k, 32KiB, 1MiB (k and KiB both mean 1024).\n\
-             Precedence: flag > env var > --config file > cerebrium.toml > default.",
+             Precedence: flag > env var > --config file > cerebrium.toml > default.\n\
+             \n\
+             lameduck probe [PATH|URL]: GET a running lameduck's health endpoint (or PATH, or \
+             URL) on 127.0.0.1:$LAMEDUCK_PORT; exit 0 on 2xx, 1 otherwise, within 2s. For \
+             HEALTHCHECK and exec probes; see `lameduck probe --help`.",
         )
 }
 

@@ -194,6 +194,7 @@ pub(super) fn upstream(value: &str) -> Result<Upstream, String> {
             .map_err(|_| EXPECTED.to_string())?
     };
     Ok(Upstream {
+        addrs: super::addrs_without_lookup(&host, port),
         authority,
         host,
         port,
@@ -265,10 +266,44 @@ mod tests {
         assert_eq!(up.authority.as_str(), "localhost:80");
         let up = upstream("http://[::1]:81/").unwrap();
         assert_eq!((up.host.as_str(), up.port), ("::1", 81));
+        let up = upstream("http://backend.internal:8080").unwrap();
+        assert_eq!(up.host, "backend.internal");
         assert!(upstream("https://127.0.0.1:9000").is_err());
         assert!(upstream("127.0.0.1:9000").is_err());
         assert!(upstream("http://127.0.0.1:9000/api").is_err());
         assert!(upstream("http://u:p@127.0.0.1:9000").is_err());
+    }
+
+    /// No name lookup for IP literals and `localhost`: a static lameduck in an empty root has no
+    /// `/etc/hosts` to look in. The authority (the `Host` header) stays as written.
+    #[test]
+    fn upstream_addresses_need_no_lookup_for_ips_and_localhost() {
+        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+        let loopback = |port| {
+            vec![
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            ]
+        };
+        let up = upstream("http://127.0.0.1:9000").unwrap();
+        assert_eq!(up.addrs, vec![([127, 0, 0, 1], 9000).into()]);
+        let up = upstream("http://[::1]:81").unwrap();
+        assert_eq!(up.addrs, vec!["[::1]:81".parse().unwrap()]);
+        for host in ["localhost", "LocalHost", "localhost."] {
+            let up = upstream(&format!("http://{host}:3000")).unwrap();
+            assert_eq!(up.addrs, loopback(3000), "{host}");
+            assert_eq!(up.authority.as_str(), format!("{host}:3000"));
+        }
+        assert_eq!(upstream("http://localhost").unwrap().addrs, loopback(80));
+        for name in [
+            "backend",
+            "localhost.example",
+            "my-localhost",
+            "localhost..",
+        ] {
+            let up = upstream(&format!("http://{name}:3000")).unwrap();
+            assert!(up.addrs.is_empty(), "{name}: {:?}", up.addrs);
+        }
     }
 
     #[test]
