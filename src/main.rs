@@ -11,6 +11,13 @@ use lameduck::lifecycle::{self, exit, Budget};
 use lameduck::{child, limits, probe_command, signals};
 use tracing_subscriber::EnvFilter;
 
+/// Writes `text` to stdout. A reader that has gone (`lameduck --help | head`) is no error:
+/// `print!` would panic there.
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     // lameduck's executable run again as the trampoline to its child (see `child`).
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -30,7 +37,7 @@ fn main() -> ExitCode {
     let (config, budget) = match checked {
         Ok(checked) => checked,
         Err(ConfigError::Info(text)) => {
-            print!("{text}");
+            print_out(&text);
             return ExitCode::SUCCESS;
         }
         Err(ConfigError::Invalid(line)) => {
@@ -39,8 +46,8 @@ fn main() -> ExitCode {
         }
     };
     if config.print_config {
-        print!("{}", config.describe_with(&budget.effective()));
-        println!("# {}", budget.summary());
+        let described = config.describe_with(&budget.effective());
+        print_out(&format!("{described}# {}\n", budget.summary()));
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log);
