@@ -323,7 +323,7 @@ async fn slow_heads_get_408_idle_connections_close_and_neither_touches_work_in_p
     tokio::join!(partial, silent, idle, next_head, slow, events, upgraded);
 }
 
-/// An idle keep-alive connection gives hyper's buffers back (it parks, 100 ms after its last
+/// An idle keep-alive connection gives hyper's buffers back (it parks, 20 ms after its last
 /// response) and serves its next requests as before: pipelined ones in order, one with a body,
 /// and the drain closes it while parked.
 #[tokio::test]
