@@ -3,7 +3,8 @@
 //!
 //! - `text/event-stream`: only complete events are forwarded (a partial event's bytes wait for
 //!   the rest), so at the cut the stream ends cleanly after its last complete event, with an
-//!   `event: error` / `server_restarting` event first unless `--sse-shutdown-event off`;
+//!   `event: error` event first (its data set by `--sse-shutdown-event` and
+//!   `--sse-shutdown-data`) unless `--sse-shutdown-event off`;
 //! - gRPC over HTTP/2: once the message being forwarded is complete, trailers with
 //!   `grpc-status: 14` (UNAVAILABLE) end the call;
 //! - anything else is cut off (an error, so the client sees a truncated body, never a short one
@@ -19,15 +20,36 @@ use hyper::body::Incoming;
 
 use crate::admission::InFlight;
 use crate::backend::Lease;
+use crate::config::{JsonObject, SseShutdownEvent};
 use crate::cut::{CutWatch, Ending};
 use crate::framing::{Boundaries, GrpcMessages};
 use crate::telemetry::Observation;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Sent to event-stream clients when the deadline ends their stream: reconnect and resume.
-pub const SSE_SHUTDOWN_EVENT: &[u8] =
-    b"event: error\ndata: {\"error\":\"server_restarting\",\"resume\":true}\n\n";
+/// The data of the final event with `--sse-shutdown-event on`: reconnect and resume.
+const SSE_SHUTDOWN_DATA: &str = r#"{"error":"server_restarting","resume":true}"#;
+
+/// The data with `--sse-shutdown-event openai`: OpenAI SDKs raise an error carrying
+/// `error.message` (without one they raise a generic "An error occurred during streaming").
+const SSE_SHUTDOWN_DATA_OPENAI: &str = concat!(
+    r#"{"error":{"message":"The server is restarting; retry the request.","#,
+    r#""type":"server_restarting","code":"server_restarting"},"resume":true}"#
+);
+
+/// The bytes that end every event stream cut at the drain deadline, built once at start from
+/// `--sse-shutdown-event` and `--sse-shutdown-data`; `None`: streams just end. Data given
+/// replaces the mode's data, under the same `event: error`; `off` sends nothing either way.
+pub fn sse_shutdown_event(mode: SseShutdownEvent, data: Option<&JsonObject>) -> Option<Bytes> {
+    let data = match (mode, data) {
+        (SseShutdownEvent::Off, _) => return None,
+        // Compact JSON: one line, so one `data:` field holds it.
+        (_, Some(data)) => data.as_str(),
+        (SseShutdownEvent::On, None) => SSE_SHUTDOWN_DATA,
+        (SseShutdownEvent::Openai, None) => SSE_SHUTDOWN_DATA_OPENAI,
+    };
+    Some(Bytes::from(format!("event: error\ndata: {data}\n\n")))
+}
 
 #[derive(Debug)]
 pub struct ResponseBody {
@@ -61,10 +83,11 @@ struct Proxied {
 #[derive(Debug)]
 enum Shape {
     Plain,
-    /// Server-sent events; `held` is a partial event waiting for its end.
+    /// Server-sent events; `held` is a partial event waiting for its end, `shutdown_event` the
+    /// bytes sent at the cut (see [`sse_shutdown_event`]).
     EventStream {
         held: BytesMut,
-        shutdown_event: bool,
+        shutdown_event: Option<Bytes>,
     },
     Grpc(GrpcMessages),
 }
@@ -117,7 +140,7 @@ impl ResponseBody {
         in_flight: InFlight,
         cut: CutWatch,
         announced: Announced,
-        sse_shutdown_event: bool,
+        sse_shutdown_event: Option<Bytes>,
         lease: Option<Lease>,
     ) -> ResponseBody {
         let shape = if announced.event_stream {
@@ -278,7 +301,7 @@ impl Proxied {
             } => {
                 held.clear();
                 self.cut.count(Ending::SseEnded);
-                shutdown_event.then(|| Ok(Frame::data(Bytes::from_static(SSE_SHUTDOWN_EVENT))))
+                shutdown_event.take().map(|event| Ok(Frame::data(event)))
             }
             Shape::Grpc(messages) if !messages.at_boundary() => {
                 self.in_flight = Some(in_flight);
@@ -381,6 +404,52 @@ mod tests {
         let out = complete_events(&mut held, Bytes::from_static(b"\ndata: three\n\n"));
         assert_eq!(out.unwrap(), "data: two\n\ndata: three\n\n");
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn the_final_event_follows_the_mode_and_the_data_given() {
+        use SseShutdownEvent::{Off, On, Openai};
+        let event = |mode, data| sse_shutdown_event(mode, data).map(|b| b.to_vec());
+        assert_eq!(
+            event(On, None).unwrap(),
+            b"event: error\ndata: {\"error\":\"server_restarting\",\"resume\":true}\n\n"
+        );
+        let openai = event(Openai, None).unwrap();
+        let openai = std::str::from_utf8(&openai).unwrap();
+        let data = openai
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "error": {
+                    "message": "The server is restarting; retry the request.",
+                    "type": "server_restarting",
+                    "code": "server_restarting",
+                },
+                "resume": true,
+            })
+        );
+        assert_eq!(event(Off, None), None);
+
+        let custom = crate::config::Config::parse_from([
+            "lameduck",
+            "--cerebrium-toml",
+            "/dev/null",
+            "--sse-shutdown-data",
+            "{ \"bye\": [1, 2] }",
+        ])
+        .unwrap();
+        let custom = custom.sse_shutdown_data.as_ref();
+        for mode in [On, Openai] {
+            assert_eq!(
+                event(mode, custom).unwrap(),
+                b"event: error\ndata: {\"bye\":[1,2]}\n\n"
+            );
+        }
+        assert_eq!(event(Off, custom), None);
     }
 
     #[test]

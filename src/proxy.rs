@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use crate::admission::{Admission, Admit, InFlight};
 use crate::backend::{Backend, BackendError};
-use crate::body::{Announced, ResponseBody};
+use crate::body::{self, Announced, ResponseBody};
 use crate::config::Config;
 use crate::cut::{Cut, Ending};
 use crate::headers;
@@ -38,7 +38,9 @@ pub struct Proxy {
     ready_path: String,
     health_path: String,
     metrics_path: Option<String>,
-    sse_shutdown_event: bool,
+    /// The bytes that end an event stream at the drain deadline, built once; cloned (a reference
+    /// count) into each event-stream response.
+    sse_shutdown_event: Option<Bytes>,
     queue_timeout: Duration,
 }
 
@@ -74,7 +76,10 @@ impl Proxy {
             ready_path: config.ready_path.clone(),
             health_path: config.health_path.clone(),
             metrics_path: config.metrics_path.clone(),
-            sse_shutdown_event: config.sse_shutdown_event,
+            sse_shutdown_event: body::sse_shutdown_event(
+                config.sse_shutdown_event,
+                config.sse_shutdown_data.as_ref(),
+            ),
             queue_timeout: config.queue_timeout,
         }
     }
@@ -211,7 +216,7 @@ impl Proxy {
             in_flight,
             self.cut.watch(),
             announced,
-            self.sse_shutdown_event,
+            self.sse_shutdown_event.clone(),
             lease,
         );
         Ok(Response::from_parts(parts, body))

@@ -57,6 +57,26 @@ fn invalid_values_exit_2_with_one_line_naming_the_option_and_value() {
                 "fits is 0s",
             ],
         ),
+        // The final event's data: one JSON object (SPEC §8).
+        (
+            &["--sse-shutdown-data", "{not json"],
+            &[],
+            &["--sse-shutdown-data", "{not json", "not JSON"],
+        ),
+        (
+            &[],
+            &[("LAMEDUCK_SSE_SHUTDOWN_DATA", r#"["an","array"]"#)],
+            &[
+                "--sse-shutdown-data",
+                "LAMEDUCK_SSE_SHUTDOWN_DATA",
+                "expected a JSON object",
+            ],
+        ),
+        (
+            &["--sse-shutdown-event", "anthropic"],
+            &[],
+            &["--sse-shutdown-event", "anthropic", "on, off or openai"],
+        ),
         // Not a level: it would be read as a target that never logs (SPEC §8).
         (
             &["--log-level", "verbose"],

@@ -259,3 +259,64 @@ async fn with_the_shutdown_event_off_event_streams_just_end() {
     assert!(!reply.body.contains("server_restarting"));
     ld.expect_exit(1).await;
 }
+
+/// Runs lameduck with `args`, cuts an event stream at the drain deadline, and returns its body.
+async fn stream_cut_at_the_deadline(args: &[&str]) -> String {
+    let mut ld = Builder::with_backend()
+        .args(&["--grace-period", "3s", "--child-stop-timeout", "1s"])
+        .args(args)
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let stream = tokio::spawn(get(ld.port, "/sse-pieces?n=1000&ms=100"));
+    wait_active(ld.port, 1).await;
+    ld.signal(Signal::SIGTERM);
+    let reply = stream.await.unwrap().expect("the stream must end cleanly");
+    ld.expect_exit(1).await;
+    assert!(
+        reply.body.starts_with("id: 0\ndata: partial event 0\n\n"),
+        "{}",
+        reply.body
+    );
+    reply.body
+}
+
+/// The final event of a stream cut at the deadline: the text after the last whole backend event.
+fn final_event(body: &str) -> &str {
+    let last = body.rfind("data: partial event").expect("no backend event");
+    let end = body[last..].find("\n\n").expect("a torn backend event") + last + 2;
+    &body[end..]
+}
+
+#[tokio::test]
+async fn with_the_openai_shutdown_event_streams_end_with_an_openai_style_error() {
+    let body = stream_cut_at_the_deadline(&["--sse-shutdown-event", "openai"]).await;
+    assert_eq!(
+        final_event(&body),
+        "event: error\ndata: {\"error\":{\"message\":\"The server is restarting; retry the \
+         request.\",\"type\":\"server_restarting\",\"code\":\"server_restarting\"},\
+         \"resume\":true}\n\n"
+    );
+}
+
+#[tokio::test]
+async fn with_shutdown_data_streams_end_with_that_data_compacted_on_one_line() {
+    let body = stream_cut_at_the_deadline(&[
+        "--sse-shutdown-data",
+        "{\n  \"error\": \"maintenance\",\n  \"retry_after_ms\": 2000\n}",
+    ])
+    .await;
+    assert_eq!(
+        final_event(&body),
+        "event: error\ndata: {\"error\":\"maintenance\",\"retry_after_ms\":2000}\n\n"
+    );
+    // `off` wins over data: no final event at all.
+    let body = stream_cut_at_the_deadline(&[
+        "--sse-shutdown-event",
+        "off",
+        "--sse-shutdown-data",
+        "{\"error\":\"maintenance\"}",
+    ])
+    .await;
+    assert_eq!(final_event(&body), "");
+}

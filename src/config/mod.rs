@@ -114,10 +114,21 @@ pub struct Config {
     #[arg(default_value = "60s", value_parser = parse::timeout)]
     pub idle_timeout: Duration,
 
-    /// At the drain deadline, end event streams with a server_restarting event: on or off
-    #[arg(long, env = "LAMEDUCK_SSE_SHUTDOWN_EVENT", value_name = "on|off")]
-    #[arg(default_value = "on", value_parser = parse::switch, action = ArgAction::Set)]
-    pub sse_shutdown_event: bool,
+    /// At the drain deadline, end event streams with a server_restarting event: on, off, or
+    /// openai (an OpenAI-style error object with a message, for OpenAI SDKs)
+    #[arg(
+        long,
+        env = "LAMEDUCK_SSE_SHUTDOWN_EVENT",
+        value_name = "on|off|openai"
+    )]
+    #[arg(default_value = "on", value_parser = parse::sse_shutdown_event)]
+    pub sse_shutdown_event: SseShutdownEvent,
+
+    /// The data of that final event instead, as one JSON object; sent as `event: error` (unless
+    /// --sse-shutdown-event off)
+    #[arg(long, env = "LAMEDUCK_SSE_SHUTDOWN_DATA", value_name = "JSON")]
+    #[arg(value_parser = parse::json_object)]
+    pub sse_shutdown_data: Option<JsonObject>,
 
     /// Proxied requests in flight at most; 0 for no limit
     #[arg(long, env = "LAMEDUCK_MAX_CONCURRENCY", value_name = "N")]
@@ -226,6 +237,29 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over cleartext (h2c, prior knowledge): gRPC backends.
     Http2,
+}
+
+/// How event streams end at the drain deadline (`--sse-shutdown-event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseShutdownEvent {
+    /// `event: error`, data `{"error":"server_restarting","resume":true}`.
+    On,
+    /// No final event: the stream just ends after its last complete event.
+    Off,
+    /// `event: error`, with an OpenAI-style error object (`message`, `type`, `code`) that
+    /// OpenAI SDKs raise as an error carrying the message.
+    Openai,
+}
+
+/// A JSON object, kept as its compact serialization: one line, ready to follow `data: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonObject(String);
+
+impl JsonObject {
+    /// The object in compact JSON, without newlines.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// How log lines are written.

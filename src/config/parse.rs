@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
 
-use super::{LogFormat, Protocol, Upstream};
+use super::{JsonObject, LogFormat, Protocol, SseShutdownEvent, Upstream};
 
 /// `500ms`, `30s`, `2m`, `1h` (any humantime duration), or a bare number of seconds (`900`,
 /// `1.5`), as cerebrium.toml writes it.
@@ -96,6 +96,27 @@ pub(super) fn switch(value: &str) -> Result<bool, String> {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err("expected true or false".to_string()),
+    }
+}
+
+/// `openai`, or a [`switch`] spelling: on (`true`, `yes`, `1`, ...) or off (`false`, `no`, `0`, ...).
+pub(super) fn sse_shutdown_event(value: &str) -> Result<SseShutdownEvent, String> {
+    if value.eq_ignore_ascii_case("openai") {
+        return Ok(SseShutdownEvent::Openai);
+    }
+    match switch(value) {
+        Ok(true) => Ok(SseShutdownEvent::On),
+        Ok(false) => Ok(SseShutdownEvent::Off),
+        Err(_) => Err("expected on, off or openai".to_string()),
+    }
+}
+
+/// A JSON object (`{...}`), re-serialized compactly so that it fits on one `data:` line.
+pub(super) fn json_object(value: &str) -> Result<JsonObject, String> {
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(object @ serde_json::Value::Object(_)) => Ok(JsonObject(object.to_string())),
+        Ok(_) => Err("expected a JSON object such as {\"error\":\"restarting\"}".to_string()),
+        Err(err) => Err(format!("not JSON ({err})")),
     }
 }
 
@@ -316,6 +337,47 @@ mod tests {
         }
         assert!(switch("maybe").is_err());
         assert!(switch("").is_err());
+    }
+
+    #[test]
+    fn sse_shutdown_events_take_switch_spellings_and_openai() {
+        for on in ["on", "true", "yes", "1", "ON"] {
+            assert_eq!(sse_shutdown_event(on), Ok(SseShutdownEvent::On), "{on}");
+        }
+        for off in ["off", "false", "no", "0", "Off"] {
+            assert_eq!(sse_shutdown_event(off), Ok(SseShutdownEvent::Off), "{off}");
+        }
+        for openai in ["openai", "OpenAI"] {
+            assert_eq!(sse_shutdown_event(openai), Ok(SseShutdownEvent::Openai));
+        }
+        for bad in ["", "maybe", "open-ai", "anthropic"] {
+            assert_eq!(
+                sse_shutdown_event(bad),
+                Err("expected on, off or openai".to_string()),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_data_is_one_json_object_on_one_line() {
+        let data = json_object("{\n  \"error\": \"bye\",\n  \"retry_ms\": 500\n}").unwrap();
+        assert_eq!(data.as_str(), r#"{"error":"bye","retry_ms":500}"#);
+        // A newline inside a string stays escaped: still one line.
+        let data = json_object(r#"{"message":"a\nb"}"#).unwrap();
+        assert_eq!(data.as_str(), r#"{"message":"a\nb"}"#);
+        assert!(!data.as_str().contains('\n'));
+        for bad in ["", "{", "error", "{'a':1}", "{\"a\":1} x"] {
+            let reason = json_object(bad).unwrap_err();
+            assert!(reason.starts_with("not JSON"), "{bad}: {reason}");
+        }
+        for not_object in ["[1,2]", "\"text\"", "1", "null", "true"] {
+            let reason = json_object(not_object).unwrap_err();
+            assert!(
+                reason.starts_with("expected a JSON object"),
+                "{not_object}: {reason}"
+            );
+        }
     }
 
     #[test]

@@ -71,7 +71,8 @@ fn defaults_match_the_spec() {
     assert_eq!(config.health_path, "/health");
     assert_eq!(config.max_concurrency, 0);
     assert_eq!(config.upstream_protocol, Protocol::Http1);
-    assert!(config.sse_shutdown_event);
+    assert_eq!(config.sse_shutdown_event, SseShutdownEvent::On);
+    assert!(config.sse_shutdown_data.is_none());
     assert_eq!(config.queue_timeout, Duration::from_secs(30));
     assert_eq!(config.startup_timeout, Duration::from_secs(600));
     assert_eq!(config.log.format, LogFormat::Text);
@@ -351,6 +352,35 @@ fn file_values_reach_the_parser_whole() {
              expected a duration such as 500ms, 30s, 2m, 1h or 900",
             path.display()
         )
+    );
+}
+
+/// The final event's mode and data from a config file: a JSON object as a TOML string, kept
+/// compact; and `--print-config` writes them back as a file would.
+#[test]
+fn sse_shutdown_options_come_from_a_config_file_too() {
+    let dir = TempDir::new();
+    let path = dir.file(
+        "lameduck.toml",
+        "sse_shutdown_event = \"openai\"\nsse_shutdown_data = '{ \"error\": \"bye\" }'\n",
+    );
+    let config = parse(&["--config", arg(&path)]).unwrap();
+    assert_eq!(config.sse_shutdown_event, SseShutdownEvent::Openai);
+    let data = config.sse_shutdown_data.as_ref().unwrap();
+    assert_eq!(data.as_str(), r#"{"error":"bye"}"#);
+    let described = config.describe();
+    let reparsed = described.parse::<toml::Table>().unwrap();
+    assert_eq!(reparsed["sse_shutdown_event"].as_str(), Some("openai"));
+    assert_eq!(
+        reparsed["sse_shutdown_data"].as_str(),
+        Some(r#"{ "error": "bye" }"#)
+    );
+
+    let path = dir.file("array.toml", "sse_shutdown_data = '[1]'\n");
+    let line = invalid(&["--config", arg(&path)]);
+    assert!(
+        line.contains("key `sse_shutdown_data`") && line.contains("expected a JSON object"),
+        "{line}"
     );
 }
 

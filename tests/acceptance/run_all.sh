@@ -20,8 +20,8 @@ out="${out:-$(mktemp -d /tmp/lameduck-acc-XXXXXX)}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 
-pip_packages="uvicorn websockets grpcio grpcio-tools prometheus_client h2"
-if ! "$py" -c 'import uvicorn, websockets, grpc, grpc_tools, prometheus_client, h2' 2>/dev/null; then
+pip_packages="uvicorn websockets grpcio grpcio-tools prometheus_client h2 openai"
+if ! "$py" -c 'import uvicorn, websockets, grpc, grpc_tools, prometheus_client, h2, openai' 2>/dev/null; then
   if [ $install = 1 ]; then "$py" -m pip install --quiet $pip_packages; else echo "python packages missing: $py -m pip install $pip_packages (or pass --install)" >&2; exit 2; fi
 fi
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
@@ -51,6 +51,7 @@ run "B direct baseline (retries 3, redispatch)" "$here/check_rolling.py" --mode 
 run "C streaming, WebSockets, HTTP/2, gRPC"    "$here/check_streaming.py"
 run "D admission, configuration, observability" "$here/check_admission.py"
 run "E edge: strict HTTP/1, slow clients, HTTP/2 floods" "$here/check_edge.py"
+run "F SSE endings as the OpenAI SDK sees them" "$here/check_sse_endings.py"
 echo "=================== summary (logs and JSON results in $out)"
 printf '%s\n' "${summary[@]}"
 "$py" - "$out" <<'PYEOF'

@@ -9,6 +9,9 @@ by uvicorn (`python -m uvicorn streaming_app:app --app-dir tests/acceptance --po
                                      ms before the next event
   GET /wait?s=30                     answers 200 after `s` seconds (headers included)
   WS  /ws?id=X                       WebSocket echo (text and bytes)
+  POST /v1/chat/completions          OpenAI-style streaming chat completion: a chat.completion.chunk
+                                     `data:` event every 200 ms (content "tok0 ", "tok1 ", ...), up to
+                                     1000 of them, then `data: [DONE]` (check_sse_endings.py)
 
 If STREAMING_APP_LOG names a file, WebSocket disconnects (with the close code the app saw) and
 the wall-clock time of each first half of a /ssepieces event are appended to it as JSON lines.
@@ -108,6 +111,17 @@ async def app(scope, receive, send):
             await send({**more, "body": second})
             await asyncio.sleep(gap_between)
         await send({"type": "http.response.body", "body": b"event: done\ndata: end\n\n"})
+    elif path == "/v1/chat/completions":
+        while (await receive()).get("more_body"):
+            pass
+        await start(send, 200, b"text/event-stream")
+        for i in range(1000):
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
+                     "model": "demo", "choices": [{"index": 0, "delta": {"content": f"tok{i} "},
+                                                   "finish_reason": None}]}
+            await send({**more, "body": f"data: {json.dumps(chunk)}\n\n".encode()})
+            await asyncio.sleep(0.2)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
     elif path == "/wait":
         await asyncio.sleep(float(query.get("s", ["30"])[0]))
         await start(send, 200, b"text/plain")
