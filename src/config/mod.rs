@@ -56,7 +56,7 @@ pub struct Config {
     #[arg(skip = SocketAddr::from(([0, 0, 0, 0], 0)))]
     pub listen: SocketAddr,
 
-    /// The backend, as http://HOST:PORT
+    /// The backend, as http://HOST:PORT, or unix:/PATH for a Unix socket
     #[arg(long, env = "LAMEDUCK_UPSTREAM", value_name = "URL")]
     #[arg(default_value = "http://127.0.0.1:8080", value_parser = parse::upstream)]
     pub upstream: Upstream,
