@@ -148,9 +148,9 @@ def drain(args, out_dir, up_port, upstream):
     if not c.wait_until(lambda: c.ready_json(port)[0] == 200, timeout=30):
         c.log("FAIL: lameduck never became ready\n" + c.tail(log_path))
         return 1
-    st, h, warm = c.http_get(port, "/slow?ms=0&id=warm")
+    warm_st, h, _ = c.http_get(port, "/slow?ms=0&id=warm")
     warm_by = h.get("x-backend")
-    c.log(f"ready; warm-up request -> {st}")
+    c.log(f"ready; warm-up request -> {warm_st}")
 
     # Find the backend process (lameduck's child) before the shutdown, for the report.
     child_pids = [p for p in c.tagged_pids() if p != proc.pid]
@@ -313,10 +313,10 @@ def drain(args, out_dir, up_port, upstream):
     if args.backend == "uvicorn-unix":
         with open(log_path, errors="replace") as f:
             logged = f"upstream=unix:{up_port}" in f.read()
-        check("A7 stale socket file not taken for the backend", stale_before and logged and st == 200
+        check("A7 stale socket file not taken for the backend", stale_before and logged and warm_st == 200
               and warm_by == "uvicorn",
               f"stale socket file at {up_port} before the start: {stale_before}; upstream logged as "
-              f"unix:PATH: {logged}; first request -> {st} from x-backend {warm_by!r}")
+              f"unix:PATH: {logged}; first request -> {warm_st} from x-backend {warm_by!r}")
 
     c.log(f"lameduck log ({log_path}), SIGTERM sent at wall {time.strftime('%H:%M:%S', time.gmtime(wall0))}"
           f".{int(wall0 * 1000) % 1000:03d}Z:\n" + c.tail(log_path, 30))
