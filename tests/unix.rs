@@ -76,6 +76,27 @@ async fn http1_and_http2_clients_reach_a_backend_on_a_unix_socket() {
 }
 
 #[tokio::test]
+async fn a_request_without_host_reaches_a_unix_backend_as_localhost() {
+    let dir = TempDir::new("unix-host");
+    let (builder, _socket) = unix_backend(&dir);
+    let ld = builder.spawn().await;
+    ld.wait_ready().await;
+    // HTTP/1.0 needs no Host; lameduck supplies the upstream's authority, here `localhost`.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /headers HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.contains("\nhost: localhost\n"), "{answer}");
+}
+
+#[tokio::test]
 async fn an_http2_backend_on_a_unix_socket() {
     let dir = TempDir::new("unix-h2");
     let (builder, _socket) = unix_backend(&dir);

@@ -15,6 +15,9 @@
 //! Probes ([`Backend::is_up`], [`Backend::check`]) use a fresh connection each, so a probe never
 //! holds a connection a request could use.
 //!
+//! All three go over TCP or, for `--upstream unix:/PATH`, a Unix socket ([`dial`]): the same code
+//! on a stream that is either.
+//!
 //! A request's body streams from the client as the backend reads it ([`RequestBody`]); when the
 //! client's body is malformed or cut short, the error says so ([`BackendError::ClientBody`]): the
 //! client's fault, not the backend's.
