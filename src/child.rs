@@ -12,10 +12,10 @@
 //! death, checks that its parent is still lameduck (else lameduck died before the request and the
 //! trampoline gives up), gives back the open-file limit lameduck was started with (see
 //! [`crate::limits`]), and `exec`s the command, keeping its pid, its process group and its
-//! environment (`PORT` or `LAMEDUCK_UPSTREAM_SOCKET`). The signal survives `exec` (but not a set-user-id or set-group-id
-//! program's, or one with file capabilities). Why an `exec` failed comes back to lameduck through
-//! a close-on-exec pipe, as `std::process::Command` does it, so a missing or non-executable
-//! command is still reported as such (127, 126).
+//! environment (`PORT` or `LAMEDUCK_UPSTREAM_SOCKET`). The signal survives `exec` (but not a
+//! set-user-id or set-group-id program's, or one with file capabilities). Why an `exec` failed
+//! comes back to lameduck through a close-on-exec pipe, as `std::process::Command` does it, so a
+//! missing or non-executable command is still reported as such (127, 126).
 
 use std::ffi::{CString, OsString};
 use std::fmt;
