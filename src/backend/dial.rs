@@ -32,7 +32,7 @@ pub(super) enum Stream {
 /// A new connection to the backend: to its socket, or to its addresses in order.
 pub(super) async fn connect(upstream: &Upstream) -> io::Result<Stream> {
     if let Some(path) = &upstream.socket {
-        return UnixStream::connect(path).await.map(Stream::Unix);
+        return connect_unix(path).await.map(Stream::Unix);
     }
     let stream = if upstream.addrs.is_empty() {
         TcpStream::connect((upstream.host.as_str(), upstream.port)).await?
@@ -41,6 +41,25 @@ pub(super) async fn connect(upstream: &Upstream) -> io::Result<Stream> {
     };
     stream.set_nodelay(true)?;
     Ok(Stream::Tcp(stream))
+}
+
+/// A new connection to a Unix socket. The caller bounds the wait.
+///
+/// A full listen queue on a Unix socket does not make `connect` wait, as it does over TCP (the
+/// SYN is retried): the non-blocking `connect` fails with `EAGAIN`. That means "busy", not "down":
+/// so try again shortly, as a TCP connection would have waited, rather than answer 502 to a
+/// backend that is merely slow to accept.
+async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match UnixStream::connect(path).await {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -112,13 +131,16 @@ impl Connection for Stream {
 #[derive(Debug, Clone)]
 pub(super) enum Connector {
     Tcp(HttpConnector<Resolver>),
-    Unix(Arc<Path>),
+    Unix { path: Arc<Path>, timeout: Duration },
 }
 
 impl Connector {
     pub(super) fn new(upstream: &Upstream, timeout: Duration) -> Connector {
         if let Some(path) = &upstream.socket {
-            return Connector::Unix(path.as_path().into());
+            return Connector::Unix {
+                path: path.as_path().into(),
+                timeout,
+            };
         }
         let mut tcp = HttpConnector::new_with_resolver(Resolver::new(upstream));
         tcp.set_nodelay(true);
@@ -138,7 +160,7 @@ impl tower_service::Service<http::Uri> for Connector {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
             Connector::Tcp(tcp) => tcp.poll_ready(cx).map_err(Into::into),
-            Connector::Unix(_) => Poll::Ready(Ok(())),
+            Connector::Unix { .. } => Poll::Ready(Ok(())),
         }
     }
 
@@ -151,10 +173,12 @@ impl tower_service::Service<http::Uri> for Connector {
                     Ok(TokioIo::new(Stream::Tcp(stream)))
                 })
             }
-            Connector::Unix(path) => {
-                let path = path.clone();
+            Connector::Unix { path, timeout } => {
+                let (path, timeout) = (path.clone(), *timeout);
                 Box::pin(async move {
-                    let stream = UnixStream::connect(&*path).await?;
+                    let stream = tokio::time::timeout(timeout, connect_unix(&path))
+                        .await
+                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
                     Ok(TokioIo::new(Stream::Unix(stream)))
                 })
             }
@@ -198,5 +222,53 @@ impl tower_service::Service<Name> for Resolver {
         }
         let lookup = self.system.call(name);
         Box::pin(async move { Ok(lookup.await?.collect::<Vec<_>>().into_iter()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener whose queue is full makes `connect` fail with `EAGAIN`: `connect_unix` waits
+    /// for room instead, and connects once the backend accepts.
+    #[tokio::test]
+    async fn a_full_listen_queue_is_waited_for_not_an_error() {
+        /// Removes the directory, and the socket in it, even when the test fails.
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("lameduck-dial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _cleanup = Cleanup(dir.clone());
+        let path = dir.join("full.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut queued = Vec::new();
+        let full = loop {
+            match UnixStream::connect(&path).await {
+                Ok(stream) => queued.push(stream),
+                Err(err) => break err,
+            }
+            assert!(queued.len() < 100_000, "the listen queue never filled");
+        };
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock, "{full}");
+
+        let waiting = tokio::spawn({
+            let path = path.clone();
+            async move { connect_unix(&path).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "connect_unix gave up on a full queue"
+        );
+        drop(listener.accept().unwrap());
+        let connected = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        connected
+            .expect("connect_unix still waiting")
+            .unwrap()
+            .unwrap();
     }
 }
