@@ -12,10 +12,10 @@
 //! death, checks that its parent is still lameduck (else lameduck died before the request and the
 //! trampoline gives up), gives back the open-file limit lameduck was started with (see
 //! [`crate::limits`]), and `exec`s the command, keeping its pid, its process group and its
-//! environment (`PORT`). The signal survives `exec` (but not a set-user-id or set-group-id
-//! program's, or one with file capabilities). Why an `exec` failed comes back to lameduck through
-//! a close-on-exec pipe, as `std::process::Command` does it, so a missing or non-executable
-//! command is still reported as such (127, 126).
+//! environment (`PORT` or `LAMEDUCK_UPSTREAM_SOCKET`). The signal survives `exec` (but not a
+//! set-user-id or set-group-id program's, or one with file capabilities). Why an `exec` failed
+//! comes back to lameduck through a close-on-exec pipe, as `std::process::Command` does it, so a
+//! missing or non-executable command is still reported as such (127, 126).
 
 use std::ffi::{CString, OsString};
 use std::fmt;
@@ -35,7 +35,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::signal::SIGCHLD;
 use tracing::{debug, warn};
 
-use crate::config;
+use crate::config::{self, Upstream};
 use crate::limits;
 
 /// The first argument that makes lameduck's executable the [`trampoline`] instead of lameduck.
@@ -120,8 +120,10 @@ impl fmt::Debug for Child {
 
 impl Child {
     /// Spawns `command` in a process group of its own (so a terminal's Ctrl-C reaches lameduck
-    /// alone, and stopping can reach every descendant), with `PORT` set to the upstream's port.
-    pub fn spawn(command: &config::Command, port: u16) -> Result<Child, SpawnError> {
+    /// alone, and stopping can reach every descendant), told where to listen: `PORT` set to the
+    /// upstream's port, or for a Unix socket `LAMEDUCK_UPSTREAM_SOCKET` set to its path (and no
+    /// `PORT`, so a backend that honours both does not bind a port as well).
+    pub fn spawn(command: &config::Command, upstream: &Upstream) -> Result<Child, SpawnError> {
         let spawn_error = |source| SpawnError {
             program: command.program.to_string_lossy().into_owned(),
             source,
@@ -133,18 +135,16 @@ impl Child {
         if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %err, "cannot become a child subreaper; orphans will go to PID 1");
         }
-        let child = match spawn_through_trampoline(command, port) {
+        let child = match spawn_through_trampoline(command, upstream) {
             Ok(spawned) => spawned.map_err(spawn_error)?,
             Err(err) => {
                 // No /proc (lameduck's own executable cannot be run again): start the command
                 // without the parent-death signal rather than not at all.
                 warn!(error = %err, "cannot give the child a parent-death signal; it may outlive a killed lameduck");
-                Command::new(&command.program)
-                    .args(&command.args)
-                    .env("PORT", port.to_string())
-                    .process_group(0)
-                    .spawn()
-                    .map_err(spawn_error)?
+                let mut plain = Command::new(&command.program);
+                plain.args(&command.args).process_group(0);
+                listen_where(&mut plain, upstream);
+                plain.spawn().map_err(spawn_error)?
             }
         };
         let pid = Pid::from_raw(child.id() as i32);
@@ -245,6 +245,20 @@ impl Child {
     }
 }
 
+/// Tells the child where lameduck expects it: `PORT`, or `LAMEDUCK_UPSTREAM_SOCKET` for a Unix
+/// socket. Whichever does not apply is removed from the environment lameduck passes on.
+fn listen_where(command: &mut Command, upstream: &Upstream) {
+    match &upstream.socket {
+        Some(path) => command.env(SOCKET_ENV, path).env_remove("PORT"),
+        None => command
+            .env("PORT", upstream.port.to_string())
+            .env_remove(SOCKET_ENV),
+    };
+}
+
+/// The child's environment variable naming the Unix socket it should listen on.
+pub const SOCKET_ENV: &str = "LAMEDUCK_UPSTREAM_SOCKET";
+
 /// Runs `command` through the [`trampoline`]. The outer error: the trampoline itself could not be
 /// started; the inner one: the command could not be (its `exec` failed, and the trampoline has
 /// been reaped).
@@ -253,23 +267,24 @@ impl Child {
 /// process: this runs on lameduck's main thread (the lifecycle's), which lives as long as lameduck.
 fn spawn_through_trampoline(
     command: &config::Command,
-    port: u16,
+    upstream: &Upstream,
 ) -> io::Result<io::Result<std::process::Child>> {
     // Close-on-exec in lameduck, but the trampoline must inherit the write end: cleared on it
     // alone, for this one spawn (lameduck starts no other process).
     let (report, report_to) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     fcntl(report_to.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
     let open_files = limits::original_open_files().map_or("-".to_string(), |n| n.to_string());
-    let spawned = Command::new(SELF_EXE)
+    let mut trampoline = Command::new(SELF_EXE);
+    trampoline
         .arg(TRAMPOLINE)
         .arg(std::process::id().to_string())
         .arg(report_to.as_raw_fd().to_string())
         .arg(open_files)
         .arg(&command.program)
         .args(&command.args)
-        .env("PORT", port.to_string())
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    listen_where(&mut trampoline, upstream);
+    let spawned = trampoline.spawn();
     // lameduck's copy, closed so that the read below ends when the trampoline's does.
     drop(report_to);
     let mut child = spawned?;

@@ -280,7 +280,7 @@ pub async fn run(
             }
             None
         }
-        Some(command) => match Child::spawn(command, config.upstream.port) {
+        Some(command) => match Child::spawn(command, &config.upstream) {
             Ok(child) => {
                 let words = std::iter::once(&command.program).chain(&command.args);
                 let command: Vec<_> = words.map(|word| word.to_string_lossy()).collect();
@@ -391,7 +391,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
     async fn run(mut self) -> u8 {
         // 1. starting: wait for the backend to accept connections.
         let started = Instant::now();
-        info!(upstream = %self.config.upstream.authority, "starting; waiting for the backend");
+        info!(upstream = %self.config.upstream, "starting; waiting for the backend");
         let backend = Arc::clone(&self.backend);
         let ready_path = self.config.backend_ready_path.clone();
         let startup_deadline = started + self.config.startup_timeout;

@@ -21,9 +21,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::dial::Stream;
 use super::RequestBody;
 
 /// An idle link is not reused after this long: typical backends (Node, uvicorn: 5 s) close
@@ -34,7 +34,7 @@ pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub(super) struct Link<B: Body + 'static> {
     sender: SendRequest<B>,
-    conn: Option<Connection<TokioIo<TcpStream>, B>>,
+    conn: Option<Connection<TokioIo<Stream>, B>>,
     last_used: Instant,
 }
 
@@ -46,7 +46,7 @@ where
 {
     pub(super) fn new(
         sender: SendRequest<B>,
-        conn: Connection<TokioIo<TcpStream>, B>,
+        conn: Connection<TokioIo<Stream>, B>,
     ) -> Box<Link<B>> {
         // Boxed: the connection is large, and moves between the idle set and each response
         // body that drives it.

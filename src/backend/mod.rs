@@ -15,6 +15,9 @@
 //! Probes ([`Backend::is_up`], [`Backend::check`]) use a fresh connection each, so a probe never
 //! holds a connection a request could use.
 //!
+//! All three go over TCP or, for `--upstream unix:/PATH`, a Unix socket ([`dial`]): the same code
+//! on a stream that is either.
+//!
 //! A request's body streams from the client as the backend reads it ([`RequestBody`]); when the
 //! client's body is malformed or cut short, the error says so ([`BackendError::ClientBody`]): the
 //! client's fault, not the backend's.
@@ -32,10 +35,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::config::{Protocol, Upstream};
@@ -147,7 +148,7 @@ pub struct Backend {
     /// This backend's idle links, on each worker thread.
     home: Home,
     /// For HTTP/2 clients, and every non-upgrade request with `--upstream-protocol http2`.
-    pool: Client<HttpConnector<dial::Resolver>, RequestBody>,
+    pool: Client<dial::Connector, RequestBody>,
     pool_version: Version,
     /// `--backend-timeout`: how long a request may wait for its response head.
     response_timeout: Option<Duration>,
@@ -162,9 +163,7 @@ impl Backend {
         idle_max: usize,
     ) -> Backend {
         static BACKENDS: AtomicU64 = AtomicU64::new(0);
-        let mut connector = HttpConnector::new_with_resolver(dial::Resolver::new(&upstream));
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = dial::Connector::new(&upstream, CONNECT_TIMEOUT);
         let mut pool = Client::builder(TokioExecutor::new());
         pool.pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new());
@@ -187,7 +186,8 @@ impl Backend {
         }
     }
 
-    /// The backend's `host:port`, as a `Host` header when the client sent none.
+    /// The backend's `host:port` (`localhost` for a Unix socket), as a `Host` header when the
+    /// client sent none.
     pub fn authority(&self) -> &str {
         self.upstream.authority.as_str()
     }
@@ -266,7 +266,7 @@ impl Backend {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BackendError> {
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_stream().await?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(BackendError::from_hyper)?;
@@ -281,11 +281,12 @@ impl Backend {
             .map_err(BackendError::from_hyper)
     }
 
-    /// Whether the backend is up: its port accepts, or, given a path, that path answers 2xx.
+    /// Whether the backend is up: its port (or socket) accepts, or, given a path, that path
+    /// answers 2xx. A socket file left by an earlier run refuses connections: not up.
     pub async fn is_up(&self, ready_path: Option<&str>) -> bool {
         match ready_path {
             Some(path) => self.check(path).await.is_ok(),
-            None => self.connect_tcp().await.is_ok(),
+            None => self.connect_stream().await.is_ok(),
         }
     }
 
@@ -317,14 +318,12 @@ impl Backend {
         }
     }
 
-    async fn connect_tcp(&self) -> Result<TcpStream, BackendError> {
+    async fn connect_stream(&self) -> Result<dial::Stream, BackendError> {
         let connect = dial::connect(&self.upstream);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| BackendError::ConnectTimeout(CONNECT_TIMEOUT))?
-            .map_err(BackendError::from_connect)?;
-        stream.set_nodelay(true).map_err(BackendError::Connect)?;
-        Ok(stream)
+            .map_err(BackendError::from_connect)
     }
 
     /// A new HTTP/1.1 link.
@@ -334,7 +333,7 @@ impl Backend {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_stream().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(BackendError::from_hyper)?;

@@ -56,7 +56,7 @@ pub struct Config {
     #[arg(skip = SocketAddr::from(([0, 0, 0, 0], 0)))]
     pub listen: SocketAddr,
 
-    /// The backend, as http://HOST:PORT
+    /// The backend, as http://HOST:PORT, or unix:/PATH for a Unix socket
     #[arg(long, env = "LAMEDUCK_UPSTREAM", value_name = "URL")]
     #[arg(default_value = "http://127.0.0.1:8080", value_parser = parse::upstream)]
     pub upstream: Upstream,
@@ -277,11 +277,11 @@ pub struct Command {
     pub args: Vec<OsString>,
 }
 
-/// The backend's address: plain HTTP on a host and port.
+/// The backend's address: plain HTTP on a host and port, or on a Unix socket (`unix:/PATH`).
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// `host:port` as given (the port always written out): the `Host` header when a client sent
-    /// none, and the authority of the pooled client's requests.
+    /// none, and the authority of the pooled client's requests. `localhost` for a Unix socket.
     pub authority: Authority,
     /// The host as given, without an IPv6 literal's brackets.
     pub host: String,
@@ -290,6 +290,19 @@ pub struct Upstream {
     /// for `localhost` 127.0.0.1 then ::1 (see [`addrs_without_lookup`]). Empty for any other
     /// name, which is looked up (`/etc/hosts`, DNS) at each new connection.
     pub addrs: Vec<SocketAddr>,
+    /// `unix:/PATH`: the socket every connection goes to instead (`host`, `port` and `addrs`
+    /// then mean nothing). An absolute path.
+    pub socket: Option<PathBuf>,
+}
+
+/// `host:port`, or `unix:/PATH`: for the log.
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.socket {
+            Some(path) => write!(f, "unix:{}", path.display()),
+            None => f.write_str(self.authority.as_str()),
+        }
+    }
 }
 
 /// The addresses `host` stands for without a name lookup: an IP literal's (brackets allowed), or

@@ -183,9 +183,13 @@ pub(super) fn log_filter(value: &str) -> Result<String, String> {
         .map_err(|_| EXPECTED.to_string())
 }
 
-/// `http://HOST[:PORT]`, nothing else: lameduck speaks plain HTTP to a backend next to it.
+/// `http://HOST[:PORT]` or `unix:/PATH`, nothing else: lameduck speaks plain HTTP to a backend
+/// next to it.
 pub(super) fn upstream(value: &str) -> Result<Upstream, String> {
-    const EXPECTED: &str = "expected http://HOST:PORT";
+    const EXPECTED: &str = "expected http://HOST:PORT or unix:/PATH";
+    if let Some(path) = value.strip_prefix("unix:") {
+        return unix_upstream(path);
+    }
     let uri: Uri = value.parse().map_err(|_| EXPECTED.to_string())?;
     if uri.scheme() != Some(&Scheme::HTTP) {
         return Err(format!("{EXPECTED} (only plain http is supported)"));
@@ -219,6 +223,33 @@ pub(super) fn upstream(value: &str) -> Result<Upstream, String> {
         authority,
         host,
         port,
+        socket: None,
+    })
+}
+
+/// The longest socket path the kernel takes (`sun_path` is 108 bytes, with its final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `unix:/PATH`: an absolute path, since the child may run in another directory. Requests carry
+/// `Host: localhost` when the client sent none, as curl's `--unix-socket` does.
+fn unix_upstream(path: &str) -> Result<Upstream, String> {
+    if !path.starts_with('/') {
+        return Err("expected unix:/PATH with an absolute path".to_string());
+    }
+    if path.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is longer than {MAX_SOCKET_PATH} bytes, the most a Unix socket takes"
+        ));
+    }
+    if path.contains('\0') {
+        return Err("expected unix:/PATH (no NUL byte)".to_string());
+    }
+    Ok(Upstream {
+        authority: http::uri::Authority::from_static("localhost"),
+        host: "localhost".to_string(),
+        port: 80,
+        addrs: Vec::new(),
+        socket: Some(path.into()),
     })
 }
 
@@ -293,6 +324,34 @@ mod tests {
         assert!(upstream("127.0.0.1:9000").is_err());
         assert!(upstream("http://127.0.0.1:9000/api").is_err());
         assert!(upstream("http://u:p@127.0.0.1:9000").is_err());
+        assert!(upstream("http://127.0.0.1:9000").unwrap().socket.is_none());
+    }
+
+    #[test]
+    fn unix_upstream_needs_an_absolute_path() {
+        let up = upstream("unix:/run/app.sock").unwrap();
+        assert_eq!(
+            up.socket.as_deref(),
+            Some(std::path::Path::new("/run/app.sock"))
+        );
+        assert_eq!(up.authority.as_str(), "localhost");
+        assert!(up.addrs.is_empty());
+        for bad in [
+            "unix:",
+            "unix:app.sock",
+            "unix:./app.sock",
+            "unix:~/app.sock",
+        ] {
+            let err = upstream(bad).unwrap_err();
+            assert!(err.contains("absolute path"), "{bad}: {err}");
+        }
+        let long = format!("unix:/{}", "a".repeat(MAX_SOCKET_PATH));
+        assert!(upstream(&long)
+            .unwrap_err()
+            .contains("longer than 107 bytes"));
+        let longest = format!("unix:/{}", "a".repeat(MAX_SOCKET_PATH - 1));
+        assert!(upstream(&longest).is_ok());
+        assert!(upstream("unix:/a\0b").is_err());
     }
 
     /// No name lookup for IP literals and `localhost`: a static lameduck in an empty root has no

@@ -2,6 +2,10 @@
 """Acceptance check A: SIGTERM lameduck with slow requests and SSE streams in flight.
 
     python3 tests/acceptance/check_drain.py --backend node      # or --backend uvicorn
+    python3 tests/acceptance/check_drain.py --backend uvicorn-unix --slow 20
+
+`uvicorn-unix`: lameduck --upstream unix:/PATH, uvicorn --uds "$LAMEDUCK_UPSTREAM_SOCKET"; a stale
+socket file (its listener closed) is left at PATH beforehand, as a killed earlier run would.
 
 Starts `lameduck -- <backend>` on 127.0.0.1, puts --slow requests (each answered after
 --duration s) and --sse event streams (lasting --duration s) in flight, sends SIGTERM to lameduck
@@ -12,6 +16,8 @@ and checks:
   A4 a new request after the SIGTERM gets 503 {"error":"shutting_down"} at once
   A5 lameduck exits 0 within --exit-budget s of the last completion
   A6 nothing of the child's is left running (pgrep + /proc scan of the run's env tag)
+  A7 (uvicorn-unix) the stale socket file did not make lameduck ready before uvicorn had bound:
+     lameduck logged the upstream as unix:PATH, and its first request was answered by uvicorn
 Exit status 0 when every check passes, 1 otherwise.
 """
 
@@ -19,7 +25,9 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -93,7 +101,7 @@ def probe_loop(port, stop, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["node", "uvicorn"], required=True)
+    ap.add_argument("--backend", choices=["node", "uvicorn", "uvicorn-unix"], required=True)
     ap.add_argument("--slow", type=int, default=100)
     ap.add_argument("--sse", type=int, default=20)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds each slow request/stream lasts")
@@ -108,22 +116,41 @@ def main():
 
     out_dir = args.out or tempfile.mkdtemp(prefix="lameduck-acc-")
     os.makedirs(out_dir, exist_ok=True)
-    log_path = os.path.join(out_dir, f"drain-{args.backend}.lameduck.log")
     up_port = c.fixed_port()
+    sock_dir = None
+    upstream = up_port
+    if args.backend == "uvicorn-unix":
+        sock_dir = tempfile.mkdtemp(prefix="lameduck-acc-uds-")
+        up_port = os.path.join(sock_dir, "app.sock")
+        upstream = f"unix:{up_port}"
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(up_port)
+        stale.close()
+    try:
+        return drain(args, out_dir, up_port, upstream)
+    finally:
+        if sock_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def drain(args, out_dir, up_port, upstream):
+    log_path = os.path.join(out_dir, f"drain-{args.backend}.lameduck.log")
     ms = int(args.duration * 1000)
     n_events = max(1, int(ms / SSE_INTERVAL_MS))
     total = args.slow + args.sse
     results = {}
 
-    proc = c.spawn(c.lameduck_argv(0, up_port, args.backend, grace=args.grace_period), log_path)
+    stale_before = isinstance(up_port, str) and os.path.exists(up_port)
+    proc = c.spawn(c.lameduck_argv(0, upstream, args.backend, grace=args.grace_period), log_path)
     watcher = c.ExitWatcher(proc)
     port = c.wait_listening(log_path, proc)
     c.log(f"A[{args.backend}]: lameduck on {c.HOST}:{port}, backend on {up_port}, log {log_path}")
     if not c.wait_until(lambda: c.ready_json(port)[0] == 200, timeout=30):
         c.log("FAIL: lameduck never became ready\n" + c.tail(log_path))
         return 1
-    st, h, _ = c.http_get(port, "/slow?ms=0&id=warm")
-    c.log(f"ready; warm-up request -> {st}")
+    warm_st, h, _ = c.http_get(port, "/slow?ms=0&id=warm")
+    warm_by = h.get("x-backend")
+    c.log(f"ready; warm-up request -> {warm_st}")
 
     # Find the backend process (lameduck's child) before the shutdown, for the report.
     child_pids = [p for p in c.tagged_pids() if p != proc.pid]
@@ -282,6 +309,14 @@ def main():
           f"backend pids before shutdown {child_pids}; after exit: pgrep -f {c.backend_pattern(args.backend, up_port)!r} "
           f"-> {leftovers_pgrep}, env-tag scan -> {leftovers_tag}"
           + "".join(f"\n      left: {d}" for d in ps_leftovers))
+
+    if args.backend == "uvicorn-unix":
+        with open(log_path, errors="replace") as f:
+            logged = f"upstream=unix:{up_port}" in f.read()
+        check("A7 stale socket file not taken for the backend", stale_before and logged and warm_st == 200
+              and warm_by == "uvicorn",
+              f"stale socket file at {up_port} before the start: {stale_before}; upstream logged as "
+              f"unix:PATH: {logged}; first request -> {warm_st} from x-backend {warm_by!r}")
 
     c.log(f"lameduck log ({log_path}), SIGTERM sent at wall {time.strftime('%H:%M:%S', time.gmtime(wall0))}"
           f".{int(wall0 * 1000) % 1000:03d}Z:\n" + c.tail(log_path, 30))

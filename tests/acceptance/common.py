@@ -301,7 +301,15 @@ def sse_body(n: int, ident: str) -> bytes:
 # --------------------------------------------------------------------------- backends
 
 def backend_argv(kind: str) -> list[str]:
-    """The COMMAND that binds 127.0.0.1:$PORT (a fixed_port())."""
+    """The COMMAND that binds 127.0.0.1:$PORT (a fixed_port()), or for `uvicorn-unix` the Unix
+    socket lameduck names in $LAMEDUCK_UPSTREAM_SOCKET."""
+    if kind == "uvicorn-unix":
+        return [
+            "/bin/sh", "-c",
+            'exec "$0" -m uvicorn asgi_app:app --app-dir "$1" --uds "$LAMEDUCK_UPSTREAM_SOCKET" '
+            "--log-level warning --no-access-log",
+            PYTHON, HERE,
+        ]
     if kind == "node":
         return [NODE, os.path.join(HERE, "node_backend.js")]
     if kind == "uvicorn":
@@ -315,19 +323,24 @@ def backend_argv(kind: str) -> list[str]:
     raise ValueError(kind)
 
 
-def backend_pattern(kind: str, port: int) -> str:
-    """pgrep -f pattern for a backend of this kind; the node backend cannot be told apart by
-    its command line, so callers also use the environment tag (tagged_pids)."""
+def backend_pattern(kind: str, port: int | str) -> str:
+    """pgrep -f pattern for a backend of this kind (`port`: the socket path for `uvicorn-unix`);
+    the node backend cannot be told apart by its command line, so callers also use the
+    environment tag (tagged_pids)."""
     if kind == "node":
         return "node_backend.js"
+    if kind == "uvicorn-unix":
+        return f"uvicorn asgi_app:app .*--uds {port}"
     return f"uvicorn asgi_app:app .*--port {port}"
 
 
-def lameduck_argv(port: int, upstream_port: int, backend: str, grace: str = "30s",
+def lameduck_argv(port: int, upstream_port: int | str, backend: str, grace: str = "30s",
                   drain_delay: str | None = None) -> list[str]:
-    """port 0: lameduck picks one; read it with wait_listening."""
+    """port 0: lameduck picks one; read it with wait_listening. `upstream_port` may be a whole
+    `--upstream` value instead (`unix:/PATH`)."""
+    upstream = upstream_port if isinstance(upstream_port, str) else f"http://{HOST}:{upstream_port}"
     argv = [LAMEDUCK, "--port", str(port), "--bind", HOST,
-            "--upstream", f"http://{HOST}:{upstream_port}", "--grace-period", grace]
+            "--upstream", upstream, "--grace-period", grace]
     if drain_delay:
         argv += ["--drain-delay", drain_delay]
     return argv + ["--"] + backend_argv(backend)

@@ -44,6 +44,7 @@ run() {
 }
 run "A node"                         "$here/check_drain.py" --backend node
 run "A uvicorn"                      "$here/check_drain.py" --backend uvicorn
+run "A uvicorn on a Unix socket"     "$here/check_drain.py" --backend uvicorn-unix --slow 20
 run "B lameduck (retries 0)"         "$here/check_rolling.py" --mode lameduck
 run "B direct baseline (retries 0)"  "$here/check_rolling.py" --mode direct
 run "B lameduck (retries 3, redispatch)"        "$here/check_rolling.py" --mode lameduck --retries 3 --redispatch

@@ -8,6 +8,9 @@
 //! - `PORT`: the port to bind (set by lameduck). `0`: any free port. Once bound, the backend
 //!   prints `listening 127.0.0.1:PORT` on stdout, which is how a test running it on its own
 //!   learns the port.
+//! - `LAMEDUCK_UPSTREAM_SOCKET`: listen on this Unix socket path instead (set by lameduck for
+//!   `--upstream unix:/PATH`; `PORT` is then not needed). A file already at the path is
+//!   replaced, as uvicorn and gunicorn do.
 //! - `BACKEND_DELAY_MS`: wait this long before binding.
 //! - `BACKEND_ON_TERM=ignore`: ignore SIGTERM (only SIGKILL stops it).
 //! - `BACKEND_SIGNAL_LOG=FILE`: append the name of every SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH received.
@@ -22,7 +25,8 @@
 //! `/healthz`, `/peer` (the port lameduck connected from), `/close` (the same, then the
 //! connection closes), `/sse-pieces?n=N&ms=M` (each event written in two pieces), `/ws` (WebSocket
 //! echo), `/grpc.Test/Stream?n=N&ms=M` (gRPC-shaped stream, each message in two pieces, then
-//! `grpc-status: 0`), `/trailers`.
+//! `grpc-status: 0`), `/trailers`, `/env/NAME` (the backend's environment variable NAME, 404 if
+//! unset).
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -52,10 +56,6 @@ static STARTED: OnceLock<Instant> = OnceLock::new();
 #[tokio::main]
 async fn main() {
     STARTED.get_or_init(Instant::now);
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .expect("PORT must be set");
     if std::env::var("BACKEND_ON_TERM").as_deref() == Ok("ignore") {
         // A registered handler replaces the default action (death): SIGTERM is now a no-op.
         signal_hook::flag::register(
@@ -77,6 +77,13 @@ async fn main() {
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if let Some(path) = std::env::var_os("LAMEDUCK_UPSTREAM_SOCKET") {
+        return serve_unix(path.into()).await;
+    }
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .expect("PORT or LAMEDUCK_UPSTREAM_SOCKET must be set");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
@@ -86,13 +93,35 @@ async fn main() {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(async move {
-            let service = service_fn(move |req| route(req, peer.port()));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve(stream, peer.port()));
     }
+}
+
+/// Serves on a Unix socket. Its connections have no port: each gets a number of its own in
+/// place of `/peer`'s port, counting up from 1.
+async fn serve_unix(path: std::path::PathBuf) {
+    // A stale socket file from an earlier run would make the bind fail.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind the Unix socket");
+    println!("listening unix:{}", path.display());
+    let mut connections: u16 = 0;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        connections = connections.wrapping_add(1);
+        tokio::spawn(serve(stream, connections));
+    }
+}
+
+async fn serve<S>(stream: S, peer_port: u16)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| route(req, peer_port));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn log_signals(mut signals: signal_hook_tokio::Signals, path: String) {
@@ -163,6 +192,10 @@ fn log_line(var: &str, line: &str) {
 async fn route(mut req: Request<Incoming>, peer_port: u16) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/hello" => ok("hello"),
+        path if path.starts_with("/env/") => match std::env::var(&path["/env/".len()..]) {
+            Ok(value) => ok(value),
+            Err(_) => text(StatusCode::NOT_FOUND, "unset"),
+        },
         "/peer" => ok(peer_port.to_string()),
         "/close" => {
             let mut resp = ok(peer_port.to_string());

@@ -291,6 +291,8 @@ pub struct Builder {
     envs: Vec<(String, String)>,
     backend: Option<Vec<String>>,
     upstream_port: u16,
+    /// `--upstream`, when not `http://127.0.0.1:{upstream_port}`.
+    upstream: Option<String>,
     port: PortChoice,
     dir: Option<PathBuf>,
     soft_open_files: Option<u64>,
@@ -304,6 +306,7 @@ impl Builder {
             envs: Vec::new(),
             backend: Some(vec![backend_path().to_string_lossy().into_owned()]),
             upstream_port: backend_port(),
+            upstream: None,
             port: PortChoice::Zero,
             dir: None,
             soft_open_files: None,
@@ -317,6 +320,7 @@ impl Builder {
             envs: Vec::new(),
             backend: None,
             upstream_port,
+            upstream: None,
             port: PortChoice::Zero,
             dir: None,
             soft_open_files: None,
@@ -328,6 +332,13 @@ impl Builder {
         let mut builder = Builder::with_backend();
         builder.backend = Some(command.iter().map(|s| s.to_string()).collect());
         builder
+    }
+
+    /// `--upstream unix:{path}` instead of the TCP port: the backend (the test backend, when
+    /// spawned by lameduck) listens on that socket.
+    pub fn unix_upstream(mut self, path: &Path) -> Builder {
+        self.upstream = Some(format!("unix:{}", path.display()));
+        self
     }
 
     pub fn args(mut self, args: &[&str]) -> Builder {
@@ -399,7 +410,10 @@ impl Builder {
         cmd.args(["--bind", "127.0.0.1"])
             .args([
                 "--upstream",
-                &format!("http://127.0.0.1:{}", self.upstream_port),
+                &self
+                    .upstream
+                    .clone()
+                    .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.upstream_port)),
             ])
             .args(&self.args)
             // The `listening` line is logged at info: a level that hides it must come with
