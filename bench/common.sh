@@ -123,6 +123,18 @@ CONF
   wait_http "http://127.0.0.1:$P_NGINX$probe" || { cat "$TMP/$name.log" "$TMP/$name/error.log" >&2; die "the nginx proxy $name did not start"; }
 }
 
+# to_us LATENCY: a wrk latency (850.00us, 2.31ms, 1.02s) in microseconds ("nan" if unreadable).
+to_us() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.0f", v }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.0f", v * 1000 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.0f", v * 1e6 }
+    else print "nan" }'
+}
+
+# median: the median of the numbers on stdin, one per line.
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
 # lameduck_port LOG [TENTHS]: the port a lameduck started with `--port 0` logged in its
 # `listening` line, waiting for it at most TENTHS tenths of a second (default 100).
 lameduck_port() {

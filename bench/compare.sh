@@ -43,13 +43,6 @@ pids_of() {
     *) echo "${PIDOF[$1]}" ;;
   esac
 }
-to_us() { # wrk latency (850.00us, 2.31ms, 1.02s) -> microseconds
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.0f", v }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.0f", v * 1000 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.0f", v * 1e6 } }'
-}
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 TARGETS=(nginx before after)
 CLK_TCK=$(getconf CLK_TCK)

@@ -133,14 +133,6 @@ rss_kib() { # NAME: VmRSS summed over the proxy's processes
   done
   echo "$t"
 }
-to_us() { # wrk latency (850.00us, 2.31ms, 1.02s) -> microseconds
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.0f", v }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.0f", v * 1000 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.0f", v * 1e6 }
-    else print "nan" }'
-}
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 per_conn() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.1f", n ? (b - a) / n : 0}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b != 0) printf "%.2f×", a / b; else print "-"}'; }

@@ -59,13 +59,6 @@ start_lameduck() { # NAME UPSTREAM
 start_lameduck tcp "http://127.0.0.1:$P_BACKEND"
 start_lameduck unix "unix:$SOCK"
 
-to_us() { # wrk latency (850.00us, 2.31ms, 1.02s) -> microseconds
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.0f", v }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.0f", v * 1000 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.0f", v * 1e6 } }'
-}
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 per_request() { awk -v d="$1" -v h="$CLK_TCK" -v n="${2:-0}" 'BEGIN {printf "%.1f", n ? 1e6 * d / h / n : 0}'; }
 
 TARGETS=(tcp unix)

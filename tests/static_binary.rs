@@ -329,22 +329,6 @@ impl Drop for Jailed {
     }
 }
 
-/// The pids of a process's children, from /proc.
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Fronting a backend outside the root: `--version`, `/ready`, a proxied request, `lameduck
 /// probe` run inside the root too, and a clean exit on SIGTERM.
 #[tokio::test]

@@ -632,8 +632,8 @@ impl Drop for Lameduck {
     }
 }
 
-/// The pids of a process's children.
-fn children_of(pid: u32) -> Vec<u32> {
+/// The pids of a process's children, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
