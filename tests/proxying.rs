@@ -254,15 +254,7 @@ async fn idle_clients_do_not_pin_backend_connections() {
     ld.wait_ready().await;
     let mut clients = Vec::new();
     for _ in 0..60 {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
-            .await
-            .unwrap();
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        clients.push(sender);
+        clients.push(h1_connect(ld.port).await);
     }
     for round in 0..2 {
         for (index, client) in clients.iter_mut().enumerate() {
@@ -282,14 +274,7 @@ async fn idle_clients_do_not_pin_backend_connections() {
 async fn sequential_requests_share_a_backend_connection_and_survive_its_close() {
     let ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h1_connect(ld.port).await;
     let mut peer = |path: &'static str| {
         let req = get_request(path);
         let sent = sender.send_request(req);
@@ -316,14 +301,7 @@ async fn with_no_idle_backend_connections_kept_each_request_gets_a_new_one() {
         .spawn()
         .await;
     ld.wait_ready().await;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h1_connect(ld.port).await;
     let mut ports = Vec::new();
     for _ in 0..3 {
         let resp = sender.send_request(get_request("/peer")).await.unwrap();

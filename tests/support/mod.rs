@@ -860,6 +860,20 @@ pub fn alive(pid: u32) -> bool {
     !matches!(state, Some("Z" | "X") | None)
 }
 
+/// A keep-alive HTTP/1.1 connection to lameduck, for several requests in turn; a task drives it.
+pub async fn h1_connect(port: u16) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
 /// An HTTP/2 (h2c, prior knowledge) connection to lameduck, and the task driving it: the task
 /// ends when the server closes the connection (for instance with GOAWAY).
 pub async fn h2_connect(
