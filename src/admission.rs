@@ -1,22 +1,34 @@
 //! Which requests are proxied: the in-flight count (and its guard), the `--max-concurrency`
-//! slots with their first-come-first-served queue, and the arrival times `--drain-quiet` needs.
+//! slots with their first-come-first-served queue, the arrival times `--drain-quiet` needs, and
+//! the [`ledger`] of requests in flight. When a request ends, its guard tells the [`Advisor`] how
+//! long it took, and, during the drain, the [`Cut`] that it completed on its own.
 //!
-//! Counting a request is one atomic increment and decrement; nothing on the request path takes a
-//! lock unless the concurrency limit is on.
+//! Counting a request is one atomic increment and decrement, and its entry in the ledger two
+//! locks no other thread contends for.
+
+mod ledger;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::advisor::{Advisor, RequestKind};
+use crate::cut::{Cut, Ending};
 use crate::phase::{Phase, Phases};
+pub use ledger::Oldest;
+use ledger::{Ledger, Ticket};
 
 /// Decides, for each request that is not a probe, whether it is proxied, and counts it while it is.
 #[derive(Debug)]
 pub struct Admission {
     phase: Phases,
+    cut: Arc<Cut>,
+    advisor: Arc<Advisor>,
+    ledger: Ledger,
     /// Proxied requests admitted and not finished, queued ones included.
     in_flight: Gauge,
     /// Of those, the ones waiting for a concurrency slot.
@@ -41,6 +53,17 @@ pub enum Admit {
 }
 
 #[cfg(test)]
+impl Admission {
+    /// An admission with a cut of its own and the default options' advisor.
+    pub fn for_test(phase: Phases, max_concurrency: usize) -> Arc<Admission> {
+        let config = crate::config::Config::parse_from(["lameduck"]).expect("the defaults parse");
+        let budget = crate::lifecycle::Budget::fit(&config).expect("the defaults fit");
+        let advisor = Arc::new(Advisor::new(&config, &budget));
+        Admission::new(phase, Cut::new(), advisor, max_concurrency)
+    }
+}
+
+#[cfg(test)]
 impl Admit {
     /// The request's guard, for a test that expects it admitted now.
     pub fn now(self) -> InFlight {
@@ -57,10 +80,18 @@ pub struct AtCapacity;
 
 impl Admission {
     /// `max_concurrency`: proxied requests in flight at most; 0 for no limit.
-    pub fn new(phase: Phases, max_concurrency: usize) -> Arc<Admission> {
+    pub fn new(
+        phase: Phases,
+        cut: Arc<Cut>,
+        advisor: Arc<Advisor>,
+        max_concurrency: usize,
+    ) -> Arc<Admission> {
         let max_concurrency = (max_concurrency > 0).then_some(max_concurrency);
         Arc::new(Admission {
             phase,
+            cut,
+            advisor,
+            ledger: Ledger::new(),
             in_flight: Gauge::default(),
             queued: AtomicUsize::new(0),
             slots: max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
@@ -72,21 +103,30 @@ impl Admission {
 
     /// Counts the request in, then reads the phase. Counting first means that once the lifecycle
     /// has moved past the drain delay and then seen zero in flight, no request can slip through.
-    pub fn admit(self: &Arc<Self>) -> Admit {
+    pub fn admit(self: &Arc<Self>, method: &Method, path: &str) -> Admit {
         self.in_flight.enter();
-        let guard = InFlight {
-            admission: Arc::clone(self),
-            slot: None,
-        };
-        match self.phase.get() {
-            Phase::Starting => Admit::AfterStartup(guard),
-            Phase::Ready => Admit::Now(guard),
+        let phase = self.phase.get();
+        match phase {
+            Phase::Draining | Phase::Stopping => {
+                self.in_flight.leave();
+                return Admit::Refused;
+            }
             Phase::DrainDelay => {
                 let now = self.epoch.elapsed().as_millis() as u64;
                 self.last_arrival_ms.store(now, Relaxed);
-                Admit::Now(guard)
             }
-            Phase::Draining | Phase::Stopping => Admit::Refused,
+            Phase::Starting | Phase::Ready => {}
+        }
+        let guard = InFlight {
+            admission: Arc::clone(self),
+            slot: None,
+            ticket: self.ledger.enter(method, path),
+            kind: RequestKind::Request,
+        };
+        if phase == Phase::Starting {
+            Admit::AfterStartup(guard)
+        } else {
+            Admit::Now(guard)
         }
     }
 
@@ -158,6 +198,11 @@ impl Admission {
     pub async fn wait_idle(&self) {
         self.in_flight.wait_zero().await
     }
+
+    /// The request in flight the longest, and its age.
+    pub fn oldest(&self) -> Option<Oldest> {
+        self.ledger.oldest()
+    }
 }
 
 /// One proxied request in flight, with its concurrency slot once it has one; dropping it counts
@@ -166,13 +211,31 @@ impl Admission {
 pub struct InFlight {
     admission: Arc<Admission>,
     slot: Option<OwnedSemaphorePermit>,
+    ticket: Ticket,
+    kind: RequestKind,
+}
+
+impl InFlight {
+    /// What the request turned out to be, once its response head says.
+    pub fn set_kind(&mut self, kind: RequestKind) {
+        self.kind = kind;
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         // Free the slot before counting out, so a waiter for idleness never sees a held slot.
         self.slot.take();
-        self.admission.in_flight.leave();
+        let admission = &*self.admission;
+        let warning = admission.advisor.finished(self.kind, self.ticket.elapsed());
+        let request = admission.ledger.leave(&self.ticket, warning.is_some());
+        if let (Some(warning), Some(request)) = (warning, request) {
+            admission.advisor.warn(warning, &request);
+        }
+        if admission.phase.get().is_shutting_down() && !admission.cut.has_come() {
+            admission.cut.count(Ending::Completed);
+        }
+        admission.in_flight.leave();
     }
 }
 
@@ -241,16 +304,19 @@ mod tests {
     #[test]
     fn admission_follows_the_phase() {
         let (writer, phases) = phase::cell();
-        let admission = Admission::new(phases, 0);
-        assert!(matches!(admission.admit(), Admit::AfterStartup(_)));
+        let admission = Admission::for_test(phases, 0);
+        assert!(matches!(
+            admission.admit(&Method::GET, "/"),
+            Admit::AfterStartup(_)
+        ));
         writer.set(Phase::Ready);
-        let held = admission.admit();
+        let held = admission.admit(&Method::GET, "/");
         assert!(matches!(held, Admit::Now(_)));
         assert_eq!(admission.in_flight(), 1);
         writer.set(Phase::DrainDelay);
-        assert!(matches!(admission.admit(), Admit::Now(_)));
+        assert!(matches!(admission.admit(&Method::GET, "/"), Admit::Now(_)));
         writer.set(Phase::Draining);
-        assert!(matches!(admission.admit(), Admit::Refused));
+        assert!(matches!(admission.admit(&Method::GET, "/"), Admit::Refused));
         assert_eq!(admission.in_flight(), 1);
         drop(held);
         assert_eq!(admission.in_flight(), 0);
@@ -260,14 +326,14 @@ mod tests {
     async fn slots_are_handed_out_first_come_first_served() {
         let (writer, phases) = phase::cell();
         writer.set(Phase::Ready);
-        let admission = Admission::new(phases, 1);
-        let mut first = admission.admit().now();
+        let admission = Admission::for_test(phases, 1);
+        let mut first = admission.admit(&Method::GET, "/").now();
         admission
             .take_slot(&mut first, Duration::ZERO)
             .await
             .unwrap();
         assert!(admission.at_capacity());
-        let mut second = admission.admit().now();
+        let mut second = admission.admit(&Method::GET, "/").now();
         assert!(admission
             .take_slot(&mut second, Duration::ZERO)
             .await
@@ -297,8 +363,8 @@ mod tests {
     async fn wait_idle_wakes_when_the_last_request_ends() {
         let (writer, phases) = phase::cell();
         writer.set(Phase::Ready);
-        let admission = Admission::new(phases, 0);
-        let guard = admission.admit().now();
+        let admission = Admission::for_test(phases, 0);
+        let guard = admission.admit(&Method::GET, "/").now();
         let waiter = tokio::spawn({
             let admission = Arc::clone(&admission);
             async move { admission.wait_idle().await }
@@ -313,11 +379,11 @@ mod tests {
     async fn quiet_time_counts_from_the_last_arrival_in_the_drain_delay() {
         let (writer, phases) = phase::cell();
         writer.set(Phase::DrainDelay);
-        let admission = Admission::new(phases, 0);
+        let admission = Admission::for_test(phases, 0);
         let since = Instant::now();
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(admission.quiet_for(since), Duration::from_secs(3));
-        drop(admission.admit());
+        drop(admission.admit(&Method::GET, "/"));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(admission.quiet_for(since), Duration::from_secs(1));
     }

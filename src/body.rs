@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::admission::InFlight;
+use crate::advisor::RequestKind;
 use crate::backend::Lease;
 use crate::config::{JsonObject, SseShutdownEvent};
 use crate::cut::{CutWatch, Ending};
@@ -96,7 +97,9 @@ enum Shape {
 #[derive(Debug, Clone, Copy)]
 pub struct Announced {
     event_stream: bool,
+    /// A gRPC response whose status can reach the client as trailers.
     grpc: bool,
+    kind: RequestKind,
 }
 
 impl Announced {
@@ -112,10 +115,24 @@ impl Announced {
         };
         let grpc =
             starts(b"application/grpc") && matches!(content_type.get(16), None | Some(b'+' | b';'));
+        let event_stream = starts(b"text/event-stream");
+        let kind = if event_stream {
+            RequestKind::EventStream
+        } else if grpc {
+            RequestKind::Grpc
+        } else {
+            RequestKind::Request
+        };
         Announced {
-            event_stream: starts(b"text/event-stream"),
+            event_stream,
             grpc: grpc && trailers_ok,
+            kind,
         }
+    }
+
+    /// What the request is, for the advisor.
+    pub fn kind(&self) -> RequestKind {
+        self.kind
     }
 }
 

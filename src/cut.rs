@@ -1,5 +1,6 @@
 //! The cut: at the drain deadline (or a fast stop) every request still in flight is ended, each
-//! as gracefully as its kind allows, and how each one ended is counted for the final log line.
+//! as gracefully as its kind allows, and how each one ended is counted for the final log line
+//! and the metrics, beside the requests that completed on their own during the drain.
 //!
 //! The lifecycle calls [`Cut::now`] once; the request path waits for it ([`Cut::signal`] in async
 //! code, [`CutWatch`] in poll-based bodies) and reports each [`Ending`].
@@ -20,9 +21,11 @@ pub struct Cut {
     endings: [AtomicUsize; Ending::ALL.len()],
 }
 
-/// How a request in flight at the cut was ended.
+/// How a request in flight during the drain ended: on its own, or at the cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
+    /// Completed during the drain, before the cut.
+    Completed,
     /// An event stream closed after its last complete event (and the `server_restarting` event).
     SseEnded,
     /// A WebSocket sent close frames 1001 both ways.
@@ -36,7 +39,8 @@ pub enum Ending {
 }
 
 impl Ending {
-    const ALL: [Ending; 5] = [
+    pub const ALL: [Ending; 6] = [
+        Ending::Completed,
         Ending::SseEnded,
         Ending::WebSocketClosed,
         Ending::GrpcUnavailable,
@@ -44,8 +48,10 @@ impl Ending {
         Ending::Torn,
     ];
 
-    fn name(self) -> &'static str {
+    /// The ending's name in logs and metrics.
+    pub fn name(self) -> &'static str {
         match self {
+            Ending::Completed => "completed",
             Ending::SseEnded => "sse_ended",
             Ending::WebSocketClosed => "websockets_closed",
             Ending::GrpcUnavailable => "grpc_unavailable",
@@ -83,9 +89,14 @@ impl Cut {
         }
     }
 
-    /// Counts how one request ended at the cut.
+    /// Counts how one request ended.
     pub fn count(&self, ending: Ending) {
         self.endings[ending as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How many requests ended so.
+    pub fn ended(&self, ending: Ending) -> usize {
+        self.endings[ending as usize].load(Relaxed)
     }
 
     /// How the requests cut so far ended, as `name=count` pairs for the log.
@@ -94,7 +105,7 @@ impl Cut {
     }
 }
 
-/// The ending counts, displayed as `sse_ended=1 websockets_closed=0 ...`.
+/// The ending counts, displayed as `completed=3 sse_ended=1 websockets_closed=0 ...`.
 pub struct Endings<'a>(&'a Cut);
 
 impl fmt::Display for Endings<'_> {
@@ -164,7 +175,7 @@ mod tests {
         cut.count(Ending::Torn);
         assert_eq!(
             cut.endings().to_string(),
-            "sse_ended=1 websockets_closed=0 grpc_unavailable=0 refused=0 torn=1"
+            "completed=0 sse_ended=1 websockets_closed=0 grpc_unavailable=0 refused=0 torn=1"
         );
     }
 }

@@ -36,8 +36,10 @@
 //! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.
 //! - [`phase`]: the phase: one watch cell, written by the lifecycle only.
 //! - [`admission`]: the in-flight count and guard, concurrency slots and their queue,
-//!   drain-quiet timing.
-//! - [`cut`]: the drain deadline's cut, and how each request in flight ended.
+//!   drain-quiet timing, and the ledger of which requests are in flight since when.
+//! - [`advisor`]: request durations per kind against the drain budget, and the warning that the
+//!   grace period is too short.
+//! - [`cut`]: the drain deadline's cut, and how each request in flight during the drain ended.
 //! - [`probes`]: the `/ready` and `/health` answers, and the backend's own health check.
 //! - [`telemetry`]: Prometheus metrics and the access log.
 //!
@@ -46,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod advisor;
 pub mod backend;
 pub mod body;
 pub mod child;

@@ -34,6 +34,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use crate::admission::{Admission, Gauge};
+use crate::advisor::Advisor;
 use crate::backend::Backend;
 use crate::child::{self, Child, ExitStatus, Stopped};
 use crate::config::{Config, ConfigError, Effective};
@@ -43,7 +44,7 @@ use crate::probes::Probes;
 use crate::proxy::Proxy;
 use crate::server::{self, Shared};
 use crate::signals::{self, Signal};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Parts, Telemetry};
 
 /// Kept between the end of the child's stop timeout and the platform's SIGKILL.
 pub const EXIT_MARGIN: Duration = Duration::from_secs(1);
@@ -98,6 +99,10 @@ pub struct Budget {
     pub child_stop_timeout: Duration,
     /// How long after SIGTERM the drain may last: the drain deadline.
     pub drain: Duration,
+    /// `--child-stop-timeout` as given, and whether it was (rather than left at its default,
+    /// which shrinks to fit a short grace period).
+    child_stop_asked: Duration,
+    child_stop_given: bool,
     /// What fitting changed, and what will be cut short: logged at start, shown by
     /// `--print-config`.
     pub notes: Vec<Note>,
@@ -207,6 +212,8 @@ impl Budget {
             grace_period,
             child_stop_timeout,
             drain,
+            child_stop_asked: config.child_stop_timeout,
+            child_stop_given: !config.is_default("child_stop_timeout"),
             notes,
         })
     }
@@ -226,14 +233,29 @@ impl Budget {
     /// One line: how the grace period will be spent.
     pub fn summary(&self) -> String {
         format!(
-            "shutdown budget: drain up to {}, cut requests {}, child stop {}, clean-up and exit {} \
-             = grace_period {}",
+            "shutdown budget: drain {} + child stop {} + exit margin {} = grace_period {}; \
+             requests still running {} after SIGTERM are cut",
             show(self.drain),
-            show(CUT_GRACE),
             show(self.child_stop_timeout),
-            show(CHILD_CLEAN_UP + EXIT_SLACK),
-            show(self.grace_period)
+            show(EXIT_MARGIN),
+            show(self.grace_period),
+            show(self.drain)
         )
+    }
+
+    /// The shortest grace period, in whole seconds, whose drain budget lets a request of
+    /// `duration` finish: the duration, the child's stop timeout and the exit margin (a default
+    /// stop timeout shrinks to fit, as [`Budget::fit`] does).
+    pub fn covering(&self, duration: Duration) -> Duration {
+        let child_stop = if self.child_stop_given {
+            self.child_stop_asked
+        } else {
+            // The default is held to half of what the grace period leaves after the margin; with
+            // a stop no longer than the drain, that half is at least the stop.
+            self.child_stop_asked.min(duration)
+        };
+        let grace = duration + child_stop + EXIT_MARGIN;
+        Duration::from_secs(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
     }
 
     /// Logs the notes, once logging is up.
@@ -249,7 +271,7 @@ impl Budget {
 }
 
 /// A duration as a flag would take it: `5s`, `2500ms`.
-fn show(duration: Duration) -> String {
+pub fn show(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
         format!("{}s", duration.as_secs())
     } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
@@ -339,12 +361,22 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         child: Option<Child>,
     ) -> (Lifecycle<S>, Arc<Shared>) {
         let (phase, phases) = phase::cell();
-        let admission = Admission::new(phases.clone(), config.max_concurrency);
         let cut = Cut::new();
+        let advisor = Arc::new(Advisor::new(&config, &budget));
+        let admission = Admission::new(
+            phases.clone(),
+            Arc::clone(&cut),
+            Arc::clone(&advisor),
+            config.max_concurrency,
+        );
         let probes = Arc::new(Probes::new(phases.clone(), Arc::clone(&admission)));
         let telemetry = Telemetry::new(
-            Arc::clone(&admission),
-            phases.clone(),
+            Parts {
+                admission: Arc::clone(&admission),
+                phase: phases.clone(),
+                advisor,
+                cut: Arc::clone(&cut),
+            },
             config.metrics_path.is_some(),
             config.log.access_log,
         );
@@ -471,10 +503,14 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         if stop == Stop::Graceful {
             self.phase.set(Phase::DrainDelay);
         }
+        self.telemetry.drain_began(shutdown);
+        let oldest = self.admission.oldest();
         info!(
             in_flight = self.admission.in_flight(),
-            drain_delay = ?self.config.drain_delay,
-            budget = ?self.budget.drain,
+            oldest = oldest.as_ref().map(|o| o.request.as_str()),
+            oldest_age = oldest.as_ref().map(|o| show(floor_ms(o.age))),
+            budget = %show(self.budget.drain),
+            drain_delay = %show(self.config.drain_delay),
             "draining: /ready now fails"
         );
 
@@ -504,6 +540,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         while stop == Stop::Graceful {
             tokio::select! {
                 () = admission.wait_idle() => {
+                    self.telemetry.drain_ended();
                     info!(after = ?shutdown.elapsed(), "drained: no request in flight");
                     // Let the last responses flush before the child (and lameduck) go.
                     self.phase.set(Phase::Stopping);
@@ -513,7 +550,14 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
                 }
                 () = sleep_until(deadline) => {
                     let cut = self.admission.in_flight();
-                    warn!(cut, after = ?shutdown.elapsed(), "drain deadline reached; ending requests still in flight");
+                    let oldest = self.admission.oldest();
+                    warn!(
+                        cut,
+                        after = ?shutdown.elapsed(),
+                        oldest = oldest.as_ref().map(|o| o.request.as_str()),
+                        oldest_age = oldest.as_ref().map(|o| show(floor_ms(o.age))),
+                        "drain deadline reached; ending requests still in flight"
+                    );
                     self.cut(cut).await;
                     return Ok(cut);
                 }
@@ -525,6 +569,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
             warn!(cut, "fast stop; ending requests still in flight");
             self.cut(cut).await;
         }
+        self.telemetry.drain_ended();
         Ok(cut)
     }
 
@@ -537,6 +582,7 @@ impl<S: Stream<Item = Signal> + Unpin> Lifecycle<S> {
         let grace = Instant::now() + CUT_GRACE;
         let ended = tokio::time::timeout_at(grace, self.admission.wait_idle()).await;
         self.phase.set(Phase::Stopping);
+        self.telemetry.drain_ended();
         let _ = tokio::time::timeout_at(grace, self.connections.wait_zero()).await;
         info!(
             cut = in_flight,
@@ -732,7 +778,7 @@ mod tests {
 
         /// A request in flight that ends when the cut comes, as a streamed response does.
         fn request_until_cut(&self) -> tokio::task::JoinHandle<Instant> {
-            let in_flight = self.admission.admit().now();
+            let in_flight = self.admission.admit(&http::Method::GET, "/").now();
             let cut = Arc::clone(&self.cut);
             tokio::spawn(async move {
                 cut.signal().await;
@@ -757,11 +803,14 @@ mod tests {
     #[tokio::test]
     async fn the_drain_waits_for_the_last_request_and_no_longer() {
         let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
-        let request = life.admission.admit().now();
+        let request = life.admission.admit(&http::Method::GET, "/").now();
         let signalled = Instant::now();
         life.signal(SIGTERM);
         life.reach(Phase::Draining).await;
-        assert!(matches!(life.admission.admit(), Admit::Refused));
+        assert!(matches!(
+            life.admission.admit(&http::Method::GET, "/"),
+            Admit::Refused
+        ));
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!life.task.is_finished(), "exited with a request in flight");
         drop(request);
@@ -782,14 +831,14 @@ mod tests {
         assert_at(cut_at, Duration::from_secs(7));
         assert_eq!(
             life.cut.endings().to_string(),
-            "sse_ended=0 websockets_closed=0 grpc_unavailable=0 refused=0 torn=1"
+            "completed=0 sse_ended=0 websockets_closed=0 grpc_unavailable=0 refused=0 torn=1"
         );
     }
 
     #[tokio::test]
     async fn a_request_that_ignores_the_cut_gets_only_the_cut_grace() {
         let life = ready(&["--grace-period", "10s", "--child-stop-timeout", "2s"]).await;
-        let _stuck = life.admission.admit().now();
+        let _stuck = life.admission.admit(&http::Method::GET, "/").now();
         let signalled = Instant::now();
         life.signal(SIGTERM);
         assert_eq!(life.task.await.unwrap(), exit::FORCED);
@@ -831,7 +880,7 @@ mod tests {
         life.signal(SIGTERM);
         life.reach(Phase::DrainDelay).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let late = life.admission.admit().now();
+        let late = life.admission.admit(&http::Method::GET, "/").now();
         drop(late);
         life.reach(Phase::Draining).await;
         // 1 s after the last arrival, not 5 s after SIGTERM.
@@ -870,7 +919,7 @@ mod tests {
         for args in configurations {
             let budget = Budget::fit(&config(args)).unwrap();
             let life = ready(args).await;
-            let _stuck = life.admission.admit().now();
+            let _stuck = life.admission.admit(&http::Method::GET, "/").now();
             let signalled = Instant::now();
             life.signal(SIGTERM);
             assert_eq!(life.task.await.unwrap(), exit::FORCED, "{args:?}");
@@ -900,7 +949,7 @@ mod tests {
         life.signal(SIGTERM);
         life.reach(Phase::DrainDelay).await;
         tokio::time::sleep(Duration::from_millis(6900)).await;
-        let late = life.admission.admit().now();
+        let late = life.admission.admit(&http::Method::GET, "/").now();
         drop(late);
         life.reach(Phase::Draining).await;
         assert_at(signalled.elapsed(), Duration::from_secs(7));
@@ -934,6 +983,33 @@ mod tests {
         let very_late = exit_by + Duration::from_secs(1);
         let (timeout, clean_up_by) = stop_schedule(very_late, exit_by, budget.child_stop_timeout);
         assert_eq!((timeout, clean_up_by), (Duration::ZERO, very_late));
+    }
+
+    /// The grace period the advisor proposes for a request is the shortest whole number of
+    /// seconds whose drain budget lets it finish, with the same child stop timeout (given, or the
+    /// default that shrinks to fit).
+    #[test]
+    fn the_covering_grace_period_lets_the_request_finish() {
+        for args in [
+            &[][..],
+            &["--child-stop-timeout", "2s"],
+            &["--child-stop-timeout", "0s"],
+        ] {
+            let budget = Budget::fit(&config(args)).unwrap();
+            for ms in [1, 800, 2_500, 4_999, 5_000, 7_300, 41_200, 600_000] {
+                let duration = Duration::from_millis(ms);
+                let covering = budget.covering(duration);
+                assert_eq!(covering.subsec_nanos(), 0);
+                let grace = show(covering);
+                let fits = |grace: &str| {
+                    let args = [args, &["--grace-period", grace]].concat();
+                    Budget::fit(&config(&args)).unwrap().drain >= duration
+                };
+                assert!(fits(&grace), "{args:?} {duration:?}: {grace} is too short");
+                let shorter = show(covering - Duration::from_secs(1));
+                assert!(!fits(&shorter), "{args:?} {duration:?}: {shorter} would do");
+            }
+        }
     }
 
     fn config(args: &[&str]) -> Config {

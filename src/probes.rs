@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn probes_report_the_phase_and_the_child() {
         let (writer, phases) = phase::cell();
-        let probes = Probes::new(phases.clone(), Admission::new(phases, 0));
+        let probes = Probes::new(phases.clone(), Admission::for_test(phases, 0));
         assert_eq!(probes.readiness().status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(probes.readiness().body.contains(r#""status":"starting""#));
         probes.set_backend_failure(Some("backend /healthz answered 500"));
@@ -180,9 +180,9 @@ mod tests {
     fn ready_reports_capacity() {
         let (writer, phases) = phase::cell();
         writer.set(Phase::Ready);
-        let admission = Admission::new(phases.clone(), 1);
+        let admission = Admission::for_test(phases.clone(), 1);
         let probes = Probes::new(phases, Arc::clone(&admission));
-        let mut held = admission.admit().now();
+        let mut held = admission.admit(&http::Method::GET, "/").now();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

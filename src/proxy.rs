@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::admission::{Admission, Admit, InFlight};
+use crate::advisor::RequestKind;
 use crate::backend::{Backend, BackendError};
 use crate::body::{self, Announced, ResponseBody};
 use crate::config::Config;
@@ -137,7 +138,7 @@ impl Proxy {
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let mut in_flight = match self.admission.admit() {
+        let mut in_flight = match self.admission.admit(req.method(), req.uri().path()) {
             Admit::Now(in_flight) => in_flight,
             // Held while the backend starts, but no longer than a client would queue.
             Admit::AfterStartup(in_flight) => {
@@ -165,7 +166,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         remote: SocketAddr,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
     ) -> Result<Response<ResponseBody>, Failure> {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -194,6 +195,7 @@ impl Proxy {
             if let (Some(client_upgrade), Some(asked)) = (client_upgrade, &upgrade) {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
                 let websocket = asked.as_bytes().eq_ignore_ascii_case(b"websocket");
+                in_flight.set_kind(RequestKind::WebSocket);
                 let cut = Arc::clone(&self.cut);
                 tokio::spawn(tunnel::run(
                     client_upgrade,
@@ -211,6 +213,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::to_client(parts.status, &mut parts.headers);
         let announced = Announced::from_headers(&parts.headers, client_http2);
+        in_flight.set_kind(announced.kind());
         let body = ResponseBody::proxied(
             body,
             in_flight,

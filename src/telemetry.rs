@@ -2,13 +2,17 @@
 //!
 //! Both are off unless asked for, and then cost a few atomic operations per request. Metrics are
 //! kept and encoded by the `prometheus` crate, in the classic text format (0.0.4) that every
-//! scraper reads; the gauges (in flight, queued, phase) are read from the lifecycle's parts when
-//! scraped, never updated per request.
+//! scraper reads; the gauges (in flight, queued, phase), the advisor's figures per request kind
+//! and the drain's outcome are read from the lifecycle's parts when scraped, never updated per
+//! request.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, PullingGauge, Registry,
     TextEncoder,
@@ -17,6 +21,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::admission::Admission;
+use crate::advisor::{Advisor, RequestKind};
+use crate::cut::{Cut, Ending};
 use crate::phase::{Phase, Phases};
 
 /// Upper bounds of the request duration histogram, in seconds: from fast API calls to long
@@ -33,6 +39,37 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Telemetry {
     metrics: Option<Metrics>,
     access_log: bool,
+    drain: Arc<DrainClock>,
+}
+
+/// The lifecycle's parts the metrics read when scraped.
+#[derive(Debug)]
+pub struct Parts {
+    pub admission: Arc<Admission>,
+    pub phase: Phases,
+    pub advisor: Arc<Advisor>,
+    pub cut: Arc<Cut>,
+}
+
+/// When the drain began and ended, once they have.
+#[derive(Debug, Default)]
+struct DrainClock(Mutex<(Option<Instant>, Option<Instant>)>);
+
+impl DrainClock {
+    fn times(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Instant>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long the drain has lasted so far, or lasted; zero before it begins.
+    fn duration(&self) -> Duration {
+        match *self.times() {
+            (Some(began), Some(ended)) => ended.saturating_duration_since(began),
+            (Some(began), None) => began.elapsed(),
+            (None, _) => Duration::ZERO,
+        }
+    }
 }
 
 /// What is known of one request when its response ends.
@@ -47,17 +84,24 @@ pub struct Observation {
 }
 
 impl Telemetry {
-    pub fn new(
-        admission: Arc<Admission>,
-        phase: Phases,
-        metrics: bool,
-        access_log: bool,
-    ) -> Arc<Telemetry> {
-        let metrics = metrics.then(|| Metrics::new(admission, phase));
+    pub fn new(parts: Parts, metrics: bool, access_log: bool) -> Arc<Telemetry> {
+        let drain = Arc::new(DrainClock::default());
+        let metrics = metrics.then(|| Metrics::new(parts, Arc::clone(&drain)));
         Arc::new(Telemetry {
             metrics,
             access_log,
+            drain,
         })
+    }
+
+    /// The drain began at `at` (the shutdown signal).
+    pub fn drain_began(&self, at: Instant) {
+        self.drain.times().0.get_or_insert(at);
+    }
+
+    /// The drain is over: nothing left in flight, or the cut has ended what was.
+    pub fn drain_ended(&self) {
+        self.drain.times().1.get_or_insert_with(Instant::now);
     }
 
     /// Starts observing a request, or `None` (and no cost) when neither metrics nor the access
@@ -159,7 +203,13 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new(admission: Arc<Admission>, phase: Phases) -> Metrics {
+    fn new(parts: Parts, drain: Arc<DrainClock>) -> Metrics {
+        let Parts {
+            admission,
+            phase,
+            advisor,
+            cut: endings,
+        } = parts;
         let registry = Registry::new_custom(Some("lameduck".into()), None)
             // Cannot fail: the prefix is a valid metric name.
             .expect("a valid prefix");
@@ -214,7 +264,9 @@ impl Metrics {
             &["detail"],
         )
         .expect("a valid counter");
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+        let readings = Readings::new(advisor, endings, drain);
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+            Box::new(readings),
             Box::new(in_flight),
             Box::new(queued),
             Box::new(by_status.clone()),
@@ -249,18 +301,152 @@ impl Metrics {
     }
 }
 
+/// The metrics read from the advisor, the cut and the drain's clock when scraped:
+/// `requests_over_budget_total{kind}`, `request_longest_seconds{kind}`,
+/// `drain_duration_seconds` and `drain_requests_total{ending}`.
+#[derive(Debug)]
+struct Readings {
+    advisor: Arc<Advisor>,
+    cut: Arc<Cut>,
+    drain: Arc<DrainClock>,
+    descs: [Desc; 4],
+}
+
+impl Readings {
+    const FAMILIES: [(&'static str, &'static str, &'static str, MetricType); 4] = [
+        (
+            "requests_over_budget_total",
+            "Proxied requests that ran longer than the drain budget, by kind",
+            "kind",
+            MetricType::COUNTER,
+        ),
+        (
+            "request_longest_seconds",
+            "The longest proxied request seen, by kind",
+            "kind",
+            MetricType::GAUGE,
+        ),
+        (
+            "drain_duration_seconds",
+            "How long the drain has lasted (0 before shutdown), or lasted once over",
+            "",
+            MetricType::GAUGE,
+        ),
+        (
+            "drain_requests_total",
+            "Requests in flight during the drain, by how they ended: completed on their own, \
+             or at the cut",
+            "ending",
+            MetricType::COUNTER,
+        ),
+    ];
+
+    fn new(advisor: Arc<Advisor>, cut: Arc<Cut>, drain: Arc<DrainClock>) -> Readings {
+        let descs = Self::FAMILIES.map(|(name, help, label, _)| {
+            let labels = if label.is_empty() {
+                Vec::new()
+            } else {
+                vec![label.to_string()]
+            };
+            // Cannot fail: the names and labels are valid constants.
+            Desc::new(name.into(), help.into(), labels, HashMap::new()).expect("a valid desc")
+        });
+        Readings {
+            advisor,
+            cut,
+            drain,
+            descs,
+        }
+    }
+}
+
+impl Collector for Readings {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let kinds = || RequestKind::ALL.iter().map(|kind| Some(kind.name()));
+        let endings = Ending::ALL.iter().map(|ending| {
+            let value = self.cut.ended(*ending) as f64;
+            (Some(ending.name()), value)
+        });
+        let samples: [Vec<(Option<&str>, f64)>; 4] = [
+            kinds()
+                .zip(RequestKind::ALL.map(|kind| self.advisor.over_budget(kind) as f64))
+                .collect(),
+            kinds()
+                .zip(RequestKind::ALL.map(|kind| self.advisor.longest(kind).as_secs_f64()))
+                .collect(),
+            vec![(None, self.drain.duration().as_secs_f64())],
+            endings.collect(),
+        ];
+        Self::FAMILIES
+            .iter()
+            .zip(samples)
+            .map(|((name, help, label, kind), samples)| {
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(*kind);
+                let metrics = samples.into_iter().map(|(value_label, value)| {
+                    let mut metric = proto::Metric::default();
+                    if let Some(value_label) = value_label {
+                        let mut pair = LabelPair::default();
+                        pair.set_name(label.to_string());
+                        pair.set_value(value_label.to_string());
+                        metric.set_label(vec![pair]);
+                    }
+                    if *kind == MetricType::COUNTER {
+                        let mut counter = proto::Counter::default();
+                        counter.set_value(value);
+                        metric.set_counter(counter);
+                    } else {
+                        let mut gauge = proto::Gauge::default();
+                        gauge.set_value(value);
+                        metric.set_gauge(gauge);
+                    }
+                    metric
+                });
+                family.set_metric(metrics.collect());
+                family
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::lifecycle::Budget;
     use crate::phase;
+
+    /// The parts for `args` (after `lameduck`), and the phase's writer.
+    fn parts(args: &[&str]) -> (phase::PhaseWriter, Parts) {
+        let (writer, phases) = phase::cell();
+        let config =
+            Config::parse_from(std::iter::once("lameduck").chain(args.iter().copied())).unwrap();
+        let budget = Budget::fit(&config).unwrap();
+        let advisor = Arc::new(Advisor::new(&config, &budget));
+        let cut = Cut::new();
+        let admission = Admission::new(phases.clone(), Arc::clone(&cut), Arc::clone(&advisor), 0);
+        let parts = Parts {
+            admission,
+            phase: phases,
+            advisor,
+            cut,
+        };
+        (writer, parts)
+    }
 
     #[test]
     fn the_exposition_counts_by_status_and_reads_gauges_when_scraped() {
-        let (writer, phases) = phase::cell();
-        let admission = Admission::new(phases.clone(), 0);
-        let telemetry = Telemetry::new(Arc::clone(&admission), phases, true, false);
+        let (writer, parts) = parts(&[]);
+        let admission = Arc::clone(&parts.admission);
+        let telemetry = Telemetry::new(parts, true, false);
         writer.set(phase::Phase::Ready);
-        let _held = admission.admit();
+        let _held = admission.admit(&Method::GET, "/");
         for status in [200, 200, 503] {
             let mut observation = telemetry.observe(&Method::GET, "/").unwrap();
             observation.set_status(StatusCode::from_u16(status).unwrap());
@@ -278,6 +464,59 @@ mod tests {
             "lameduck_request_duration_seconds_count 3",
             "lameduck_request_duration_seconds_bucket{le=\"+Inf\"} 3",
             "lameduck_requests_cut_total 2",
+            "lameduck_drain_duration_seconds 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    /// Requests over the drain budget are counted by kind, with the longest of each kind; the
+    /// drain's length and its requests' endings are read at the scrape.
+    #[tokio::test(start_paused = true)]
+    async fn the_exposition_shows_requests_over_budget_and_the_drain() {
+        // A 1 s drain budget.
+        let (writer, parts) = parts(&["--grace-period", "3s", "--child-stop-timeout", "1s"]);
+        let admission = Arc::clone(&parts.admission);
+        let cut = Arc::clone(&parts.cut);
+        let telemetry = Telemetry::new(parts, true, false);
+        writer.set(phase::Phase::Ready);
+        let admit = || match admission.admit(&Method::POST, "/generate") {
+            crate::admission::Admit::Now(in_flight) => in_flight,
+            other => panic!("not admitted: {other:?}"),
+        };
+        let (short, long) = (admit(), admit());
+        let mut stream = admit();
+        stream.set_kind(RequestKind::EventStream);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(short);
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        drop(long);
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let draining = admit();
+        let shutdown = Instant::now();
+        writer.set(phase::Phase::DrainDelay);
+        telemetry.drain_began(shutdown);
+        drop(stream);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        cut.now();
+        drop(draining);
+        cut.count(Ending::Torn);
+        telemetry.drain_ended();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let text = telemetry.render().unwrap();
+        for line in [
+            "# TYPE lameduck_requests_over_budget_total counter",
+            "lameduck_requests_over_budget_total{kind=\"request\"} 1",
+            "lameduck_requests_over_budget_total{kind=\"event_stream\"} 1",
+            "lameduck_requests_over_budget_total{kind=\"grpc\"} 0",
+            "# TYPE lameduck_request_longest_seconds gauge",
+            "lameduck_request_longest_seconds{kind=\"request\"} 1.5",
+            "lameduck_request_longest_seconds{kind=\"event_stream\"} 2.5",
+            "lameduck_request_longest_seconds{kind=\"websocket\"} 0",
+            "lameduck_drain_duration_seconds 0.25",
+            "lameduck_drain_requests_total{ending=\"completed\"} 1",
+            "lameduck_drain_requests_total{ending=\"torn\"} 1",
+            "lameduck_drain_requests_total{ending=\"sse_ended\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
@@ -285,8 +524,8 @@ mod tests {
 
     #[test]
     fn nothing_is_observed_or_rendered_when_off() {
-        let (_writer, phases) = phase::cell();
-        let telemetry = Telemetry::new(Admission::new(phases.clone(), 0), phases, false, false);
+        let (_writer, parts) = parts(&[]);
+        let telemetry = Telemetry::new(parts, false, false);
         assert!(telemetry.observe(&Method::GET, "/").is_none());
         assert!(telemetry.render().is_none());
     }

@@ -120,7 +120,7 @@ fn the_shutdown_must_fit_in_a_cerebrium_grace_period() {
         "{child}"
     );
     assert!(
-        out.stdout.contains("# shutdown budget: drain up to 2s, cut requests 500ms, child stop 2s, clean-up and exit 500ms = grace_period 5s"),
+        out.stdout.contains("# shutdown budget: drain 2s + child stop 2s + exit margin 1s = grace_period 5s; requests still running 2s after SIGTERM are cut"),
         "{}",
         out.stdout
     );

@@ -93,14 +93,13 @@ impl Effective {
         self.duration("grace_period") - self.duration("child_stop_timeout") - Duration::from_secs(1)
     }
 
-    /// "drain up to 49s" in the budget line: the drain budget as lameduck prints it.
+    /// "drain 49s + ..." in the budget line: the drain budget as lameduck prints it.
     fn printed_drain(&self) -> &str {
         let rest = self
             .budget
-            .split_once("drain up to ")
-            .unwrap_or_else(|| panic!("no drain in {:?}", self.budget))
-            .1;
-        rest.split(',').next().unwrap_or(rest)
+            .strip_prefix("drain ")
+            .unwrap_or_else(|| panic!("no drain in {:?}", self.budget));
+        rest.split(' ').next().unwrap_or(rest)
     }
 }
 

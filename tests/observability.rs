@@ -217,3 +217,100 @@ fn the_listening_line_is_found_in_text_and_json_logs() {
     let other = "INFO starting; waiting for the backend upstream=127.0.0.1:9\n";
     assert_eq!(listening_address(other), None);
 }
+
+/// The grace-period advisor: an ordinary request that outlives the drain budget gets one warning
+/// naming it, its duration, the budget, the grace period and the grace period that would cover it;
+/// a second one within the minute is only counted; a stream over the budget is counted, never
+/// warned about. The drain's log line names the oldest request in flight.
+#[tokio::test]
+async fn a_request_over_the_drain_budget_gets_one_warning_and_a_stream_none() {
+    // Drain budget: 3s - 1s child stop - 1s exit margin = 1s.
+    let mut ld = Builder::with_backend()
+        .args(&[
+            "--grace-period",
+            "3s",
+            "--child-stop-timeout",
+            "1s",
+            "--metrics-path",
+            "/metrics",
+        ])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let warnings = |log: &str| {
+        log.lines()
+            .filter(|line| line.contains("outlived the drain budget"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    // A stream of 3 events 600 ms apart: 1.2 s, over the budget.
+    let stream = get(ld.port, "/sse?n=3&ms=600").await.unwrap();
+    assert_eq!(stream.status, StatusCode::OK);
+    assert_eq!(
+        metric(
+            ld.port,
+            r#"lameduck_requests_over_budget_total{kind="event_stream"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+    assert!(warnings(&ld.log()).is_empty(), "{}", ld.log());
+
+    for _ in 0..2 {
+        let slow = get(ld.port, "/slow?ms=1300").await.unwrap();
+        assert_eq!(slow.status, StatusCode::OK);
+    }
+    assert_eq!(
+        metric(
+            ld.port,
+            r#"lameduck_requests_over_budget_total{kind="request"}"#
+        )
+        .await,
+        Some(2.0)
+    );
+    let longest = metric(
+        ld.port,
+        r#"lameduck_request_longest_seconds{kind="request"}"#,
+    )
+    .await
+    .unwrap();
+    assert!((1.3..2.5).contains(&longest), "{longest}");
+    let log = ld.log();
+    let warned = warnings(&log);
+    assert_eq!(warned.len(), 1, "{log}");
+    let line = &warned[0];
+    for part in [
+        " WARN ",
+        r#"request="GET /slow""#,
+        "kind=request",
+        "duration=1.3s",
+        "drain_budget=1s",
+        "grace_period=3s",
+        // 1.3 s + 1 s child stop + 1 s exit margin, in whole seconds.
+        "covering_grace_period=4s",
+        "set --grace-period 4s",
+        "over_budget_since_last_warning=1",
+    ] {
+        assert!(line.contains(part), "no {part:?} in {line}");
+    }
+
+    // SIGTERM while a request runs: the drain's line names it.
+    let slow = tokio::spawn(get(ld.port, "/slow?ms=400"));
+    wait_active(ld.port, 1).await;
+    ld.signal(Signal::SIGTERM);
+    assert_eq!(slow.await.unwrap().unwrap().status, StatusCode::OK);
+    ld.expect_exit(0).await;
+    let log = ld.log();
+    let draining = log
+        .lines()
+        .find(|line| line.contains("draining: /ready now fails"))
+        .unwrap_or_else(|| panic!("no drain line in {log}"));
+    assert!(
+        draining.contains(r#"oldest="GET /slow""#)
+            && draining.contains("oldest_age=")
+            && draining.contains("budget=1s"),
+        "{draining}"
+    );
+    assert_eq!(warnings(&log).len(), 1, "{log}");
+}

@@ -31,6 +31,7 @@ use clap::{ArgAction, Args as _, FromArgMatches as _};
 use http::uri::Authority;
 
 use layers::Layers;
+pub use source::Setting;
 use source::{Resolved, Source};
 
 /// Everything lameduck needs to run, validated: build it with [`Config::from_env`] or
@@ -499,6 +500,16 @@ impl Config {
     pub fn origin(&self, key: &str) -> String {
         self.resolved(key)
             .map_or_else(|| Source::Default.to_string(), |r| r.source.to_string())
+    }
+
+    /// `key` and where its value came from, to say how to change it.
+    pub fn setting(&self, key: &str) -> Setting {
+        Setting {
+            key: key.to_string(),
+            source: self
+                .resolved(key)
+                .map_or(Source::Default, |r| r.source.clone()),
+        }
     }
 
     /// The one line refusing `key`'s value, given as it was and named by its source as every

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
@@ -42,6 +43,32 @@ pub(super) struct Resolved {
     pub(super) key: String,
     pub(super) value: Option<String>,
     pub(super) source: Source,
+}
+
+/// An option and where its value came from: to tell the operator how to change it, in the words
+/// of the place they set it.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub(super) key: String,
+    pub(super) source: Source,
+}
+
+impl Setting {
+    /// How to give this duration option `value` (whole seconds, rounded up) where it is set now:
+    /// `--grace-period 48s`, `LAMEDUCK_GRACE_PERIOD=48s`, `grace_period = "48s" in FILE`, or
+    /// `response_grace_period = 48 in cerebrium.toml` (Cerebrium counts whole seconds).
+    pub fn set_to(&self, value: Duration) -> String {
+        let secs = value.as_secs() + u64::from(value.subsec_nanos() > 0);
+        let key = &self.key;
+        match &self.source {
+            Source::Env(name) => format!("{name}={secs}s"),
+            Source::File(path) => format!("{key} = \"{secs}s\" in {}", path.display()),
+            Source::Cerebrium(path, theirs) => format!("{theirs} = {secs} in {}", path.display()),
+            Source::Flag | Source::Default | Source::RustLog => {
+                format!("--{} {secs}s", key.replace('_', "-"))
+            }
+        }
+    }
 }
 
 /// One line naming the option, the bad value and where it came from.

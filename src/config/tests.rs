@@ -525,3 +525,40 @@ fn the_table_is_well_formed() {
         assert!(env.starts_with("LAMEDUCK_"), "{key}: {env}");
     }
 }
+
+/// How to change an option is said in the words of where it was set: the flag (also for a
+/// default), the env var, the config file's key, or cerebrium.toml's own key in whole seconds.
+#[test]
+fn a_setting_is_told_in_the_words_of_its_source() {
+    let dir = TempDir::new();
+    let cerebrium = dir.file(
+        "cerebrium.toml",
+        "[cerebrium.scaling]\nresponse_grace_period = 20\n",
+    );
+    let file = dir.file("lameduck.toml", "grace_period = \"25s\"\n");
+    let to = |config: &Config| {
+        config
+            .setting("grace_period")
+            .set_to(Duration::from_millis(47_200))
+    };
+    let config = parse(&["--cerebrium-toml", "/dev/null"]).unwrap();
+    assert_eq!(to(&config), "--grace-period 48s");
+    let config = parse(&["--cerebrium-toml", arg(&cerebrium)]).unwrap();
+    assert_eq!(
+        to(&config),
+        format!("response_grace_period = 48 in {}", cerebrium.display())
+    );
+    let config = parse(&["--config", arg(&file)]).unwrap();
+    assert_eq!(
+        to(&config),
+        format!("grace_period = \"48s\" in {}", file.display())
+    );
+    let setting = Setting {
+        key: "grace_period".into(),
+        source: Source::Env("LAMEDUCK_GRACE_PERIOD".into()),
+    };
+    assert_eq!(
+        setting.set_to(Duration::from_secs(48)),
+        "LAMEDUCK_GRACE_PERIOD=48s"
+    );
+}
