@@ -29,7 +29,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::header::{HeaderMap, HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
@@ -223,7 +224,15 @@ impl Backend {
         }
         if client_http2 || self.pool_version == Version::HTTP_2 {
             *req.version_mut() = self.pool_version;
-            *req.uri_mut() = self.absolute(req.uri());
+            let authority = if self.pool_version == Version::HTTP_2 {
+                self.h2_authority(req.headers_mut())
+            } else {
+                // hyper-util sends HTTP/1.1 in origin form, keeping the `Host` already there:
+                // the authority only keys the pool, so the upstream's keeps one set of idle
+                // connections for every request.
+                self.upstream.authority.clone()
+            };
+            *req.uri_mut() = absolute(authority, req.uri());
             let resp = self.pool.request(req).await;
             return resp
                 .map(|resp| (resp, None))
@@ -351,15 +360,49 @@ impl Backend {
         }
     }
 
-    /// The absolute URI the pooled client needs.
-    fn absolute(&self, original: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.upstream.authority.clone());
-        parts.path_and_query = Some(path_and_query(original));
-        // Cannot fail: scheme, authority and path were each valid on their own.
-        Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
+    /// The `:authority` of a request to an HTTP/2 backend: the client's, which `Host` carries by
+    /// now (`headers::to_backend` puts an HTTP/2 client's `:authority` there), else the
+    /// upstream's, as for an HTTP/1.1 backend. h2 takes `:authority` from the URI alone, and
+    /// hyper sends `Host` on as an ordinary field: left as it was, a `Host` that differs from
+    /// the upstream's authority made the request malformed (RFC 9113 §8.3.1), and strict
+    /// backends answered 400.
+    ///
+    /// `Host` stays, equal to `:authority` (the RFC allows that): backends that read `Host`
+    /// alone still see the client's, as an HTTP/1.1 backend does. When the client's is not
+    /// usable as an authority (none: HTTP/1.0; or `check_request` let through one it should
+    /// not have), both become the upstream's.
+    ///
+    /// hyper-util's pool keys its connections by authority: each authority clients use gets its
+    /// own HTTP/2 connection (closed after [`IDLE_TIMEOUT`] unused), wherever it points, since
+    /// the connector always dials the upstream ([`dial::Connector`]).
+    fn h2_authority(&self, headers: &mut HeaderMap) -> Authority {
+        let client = headers
+            .get(HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .filter(|authority| !authority.as_str().contains('@'));
+        if let Some(authority) = client {
+            return authority;
+        }
+        let upstream = self.upstream.authority.clone();
+        match HeaderValue::from_str(upstream.as_str()) {
+            Ok(host) => headers.insert(HOST, host),
+            // Cannot happen (an authority is a valid header value); were it to, no `Host` is
+            // still a well-formed HTTP/2 request.
+            Err(_) => headers.remove(HOST),
+        };
+        upstream
     }
+}
+
+/// The absolute URI the pooled client needs: its authority keys the pool, and an HTTP/2
+/// request's becomes `:authority`.
+fn absolute(authority: Authority, original: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query(original));
+    // Cannot fail: scheme, authority and path were each valid on their own.
+    Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
 }
 
 /// The path and query alone, as an HTTP/1.1 request line carries them.
