@@ -128,8 +128,8 @@ impl Connection for Stream {
 
 /// The pooled client's connector: hyper-util's [`HttpConnector`] for TCP (with [`Resolver`]),
 /// or a dial of the upstream's socket. Either way it goes to the upstream, whatever the
-/// authority it is asked for: that is a request's (for an HTTP/2 backend, the client's `Host`),
-/// and names no address lameduck may connect to.
+/// authority it is asked for: that only keys the pool (it is the upstream's too, today), and
+/// must never decide where lameduck connects.
 #[derive(Debug, Clone)]
 pub(super) enum Connector {
     Tcp {
