@@ -313,3 +313,104 @@ async fn with_no_idle_backend_connections_kept_each_request_gets_a_new_one() {
         "{ports:?}"
     );
 }
+
+/// The body of a response, as text.
+async fn text_of(resp: http::Response<hyper::body::Incoming>) -> String {
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// How many backend connections `distinct` ports may come from in requests spread over
+/// `elapsed`: one, and another for each time lameduck may have found its connection unused for
+/// 3 s (it then opens a new one) on a machine stalled that long.
+fn connections_allowed(elapsed: Duration) -> usize {
+    1 + (elapsed.as_secs() / 3) as usize
+}
+
+/// With `--upstream-protocol http2` every request to the backend goes on the worker's one HTTP/2
+/// connection, whatever its authority: a client cycling through `Host` values (or `:authority`
+/// values) cannot make lameduck open a backend connection for each.
+#[tokio::test]
+async fn an_h2c_backend_gets_one_connection_per_worker_whatever_the_authority() {
+    let ld = Builder::with_backend()
+        .args(&["--upstream-protocol", "http2"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+
+    // One HTTP/2 client connection (served by one worker), 20 authorities at once, before any
+    // request has opened a backend connection: the requests that find the worker opening its
+    // connection wait for it rather than open their own.
+    let start = std::time::Instant::now();
+    let (h2, _conn) = h2_connect(ld.port).await;
+    let requests = (0..20).map(|n| {
+        let mut h2 = h2.clone();
+        async move {
+            let req = Request::get(format!("http://tenant-{n}.example/peer"))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let resp = h2.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "request {n}");
+            text_of(resp).await
+        }
+    });
+    let ports: std::collections::HashSet<String> = futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .collect();
+    assert!(
+        ports.len() <= connections_allowed(start.elapsed()),
+        "20 authorities at once used {} backend connections: {ports:?}",
+        ports.len()
+    );
+
+    // One HTTP/1.1 client connection (one worker too): 20 Hosts, one after another.
+    let start = std::time::Instant::now();
+    let mut sender = h1_connect(ld.port).await;
+    let mut ports = std::collections::HashSet::new();
+    for n in 0..20 {
+        let req = Request::get("/peer")
+            .header("host", format!("tenant-{n}.example"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {n}");
+        ports.insert(text_of(resp).await);
+    }
+    assert!(
+        ports.len() <= connections_allowed(start.elapsed()),
+        "20 Hosts used {} backend connections: {ports:?}",
+        ports.len()
+    );
+}
+
+/// The worker's HTTP/2 connection to a backend that restarts is closed with it: the next request
+/// gets a new one, without an error.
+#[tokio::test]
+async fn an_h2c_backend_that_restarts_gets_a_new_connection() {
+    let port = backend_port();
+    let backend = Backend::spawn(&[("PORT", &port.to_string())]);
+    let ld = Builder::without_child(port)
+        .args(&["--upstream-protocol", "http2"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+    let mut sender = h1_connect(ld.port).await;
+    let mut peer = || {
+        let sent = sender.send_request(get_request("/peer"));
+        async move {
+            let resp = sent.await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            text_of(resp).await
+        }
+    };
+    let first = peer().await;
+    assert_eq!(peer().await, first);
+
+    // Killed and reaped, then started again on the same port.
+    drop(backend);
+    let _backend = Backend::spawn(&[("PORT", &port.to_string())]);
+    let next = peer().await;
+    assert_ne!(next, first);
+    assert_eq!(peer().await, next);
+}

@@ -11,6 +11,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -18,7 +19,11 @@ const SHUTDOWN_EVENT: &str =
     "event: error\ndata: {\"error\":\"server_restarting\",\"resume\":true}\n\n";
 
 fn h2_get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("http://test.local{path}"))
+    h2_get_at("test.local", path)
+}
+
+fn h2_get_at(authority: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{authority}{path}"))
         .body(Full::default())
         .unwrap()
 }
@@ -105,6 +110,115 @@ async fn grpc_streams_and_trailers_pass_through_an_h2c_backend() {
         .unwrap();
     ws.send(Message::text("over h1")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h1"));
+}
+
+/// The first line of the test backend's `/headers` (method, target, version) and its `host`
+/// header, requested through lameduck with `host` as the client's `Host` (none if `None`).
+async fn backend_view(port: u16, host: Option<&str>) -> (StatusCode, String, Option<String>) {
+    let mut req = Request::get("/headers");
+    if let Some(host) = host {
+        req = req.header("host", host);
+    }
+    let reply = request(port, req.body(Full::<Bytes>::default()).unwrap())
+        .await
+        .unwrap();
+    let mut lines = reply.body.lines();
+    let first = lines.next().unwrap_or_default().to_owned();
+    let seen_host = lines
+        .filter_map(|line| line.strip_prefix("host: "))
+        .map(str::to_owned)
+        .next();
+    (reply.status, first, seen_host)
+}
+
+#[tokio::test]
+async fn an_h2c_backend_gets_the_clients_authority_with_a_host_that_agrees() {
+    let ld = Builder::with_backend()
+        .args(&["--upstream-protocol", "http2"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+
+    // hyper's server puts `:authority` into the URI: it must be the client's Host, and `host`
+    // must agree with it (RFC 9113 §8.3.1).
+    assert_eq!(
+        backend_view(ld.port, Some("test.local")).await,
+        (
+            StatusCode::OK,
+            "GET http://test.local/headers HTTP/2.0".into(),
+            Some("test.local".into())
+        )
+    );
+    // An authority naming another address is still sent to the upstream: nothing listens on
+    // port 1.
+    assert_eq!(
+        backend_view(ld.port, Some("127.0.0.1:1")).await,
+        (
+            StatusCode::OK,
+            "GET http://127.0.0.1:1/headers HTTP/2.0".into(),
+            Some("127.0.0.1:1".into())
+        )
+    );
+    // An HTTP/2 client's `:authority` travels on as it came.
+    let (mut h2, _conn) = h2_connect(ld.port).await;
+    let resp = h2
+        .send_request(h2_get_at("test.local:8443", "/headers"))
+        .await;
+    let (seen, _) = read_all(resp.unwrap().into_body()).await;
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(
+        seen.starts_with("GET http://test.local:8443/headers HTTP/2.0\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("\nhost: test.local:8443\n"), "{seen}");
+
+    // An HTTP/1.0 client without Host: the upstream's authority, as `:authority` and `host`.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /headers HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let upstream = format!("127.0.0.1:{}", ld.upstream_port);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("\nGET http://{upstream}/headers HTTP/2.0\n")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("\nhost: {upstream}\n")),
+        "{answer}"
+    );
+}
+
+/// lameduck in front of lameduck: the second one, as strict as RFC 9113 asks, refuses an
+/// HTTP/2 request whose `host` differs from its `:authority` (400 `host_mismatch`).
+#[tokio::test]
+async fn a_strict_h2c_backend_accepts_what_lameduck_sends_it() {
+    let strict = Builder::with_backend().spawn().await;
+    strict.wait_ready().await;
+    let ld = Builder::without_child(strict.port)
+        .args(&["--upstream-protocol", "http2"])
+        .spawn()
+        .await;
+    ld.wait_ready().await;
+
+    let (status, first, host) = backend_view(ld.port, Some("test.local")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // The strict lameduck forwards to its HTTP/1.1 backend in origin form.
+    assert_eq!(first, "GET /headers HTTP/1.1");
+    assert_eq!(host.as_deref(), Some("test.local"));
+
+    let (mut h2, _conn) = h2_connect(ld.port).await;
+    let resp = h2.send_request(h2_get("/headers")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (seen, _) = read_all(resp.into_body()).await;
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(seen.contains("\nhost: test.local\n"), "{seen}");
 }
 
 #[tokio::test]

@@ -109,8 +109,29 @@ async fn an_http2_backend_on_a_unix_socket() {
     let (mut h2, _conn) = h2_connect(ld.port).await;
     let (status, headers) = h2_body(&mut h2, "/headers").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers.starts_with("GET "), "{headers}");
-    assert!(headers.contains("HTTP/2.0"), "{headers}");
+    // The client's authority, as `:authority` (in the URI) and `host` alike.
+    assert!(
+        headers.starts_with("GET http://test.local/headers HTTP/2.0\n"),
+        "{headers}"
+    );
+    assert!(headers.contains("\nhost: test.local\n"), "{headers}");
+    // An HTTP/1.1 client's Host is the authority too, and the socket is dialed all the same.
+    let reply = request(
+        ld.port,
+        Request::get("/headers")
+            .header("host", "127.0.0.1:1")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        reply
+            .body
+            .starts_with("GET http://127.0.0.1:1/headers HTTP/2.0\n"),
+        "{}",
+        reply.body
+    );
 }
 
 /// Nothing accepts at `path` yet: lameduck stays `starting`, however long it looks.

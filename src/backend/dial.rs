@@ -127,11 +127,20 @@ impl Connection for Stream {
 }
 
 /// The pooled client's connector: hyper-util's [`HttpConnector`] for TCP (with [`Resolver`]),
-/// or a dial of the upstream's socket, whatever the request's authority says.
+/// or a dial of the upstream's socket. Either way it goes to the upstream, whatever the
+/// authority it is asked for: that only keys the pool (it is the upstream's too, today), and
+/// must never decide where lameduck connects.
 #[derive(Debug, Clone)]
 pub(super) enum Connector {
-    Tcp(HttpConnector<Resolver>),
-    Unix { path: Arc<Path>, timeout: Duration },
+    Tcp {
+        tcp: HttpConnector<Resolver>,
+        /// `http://` and the upstream's authority: what `tcp` is always asked to connect to.
+        upstream: http::Uri,
+    },
+    Unix {
+        path: Arc<Path>,
+        timeout: Duration,
+    },
 }
 
 impl Connector {
@@ -145,7 +154,15 @@ impl Connector {
         let mut tcp = HttpConnector::new_with_resolver(Resolver::new(upstream));
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(timeout));
-        Connector::Tcp(tcp)
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(upstream.authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        Connector::Tcp {
+            tcp,
+            // Cannot fail: scheme, authority and path were each valid on their own.
+            upstream: http::Uri::from_parts(parts).expect("the upstream's URI is valid"),
+        }
     }
 }
 
@@ -159,15 +176,16 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
-            Connector::Tcp(tcp) => tcp.poll_ready(cx).map_err(Into::into),
+            Connector::Tcp { tcp, .. } => tcp.poll_ready(cx).map_err(Into::into),
             Connector::Unix { .. } => Poll::Ready(Ok(())),
         }
     }
 
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
+    /// `_authority`: the pool's key, not where to connect.
+    fn call(&mut self, _authority: http::Uri) -> Self::Future {
         match self {
-            Connector::Tcp(tcp) => {
-                let connecting = tcp.call(uri);
+            Connector::Tcp { tcp, upstream } => {
+                let connecting = tcp.call(upstream.clone());
                 Box::pin(async move {
                     let stream = connecting.await?.into_inner();
                     Ok(TokioIo::new(Stream::Tcp(stream)))
@@ -186,9 +204,10 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 }
 
-/// The pooled client's resolver. The pool only ever connects to the upstream, whose authority
-/// is the name it asks for: answered from [`Upstream::addrs`] when they are known, else by
-/// `getaddrinfo` (hyper-util's [`GaiResolver`]). hyper-util never asks about IP literals.
+/// The pooled client's resolver. The pool only ever connects to the upstream ([`Connector`]),
+/// whose host is the name it asks for: answered from [`Upstream::addrs`] when they are known,
+/// else by `getaddrinfo` (hyper-util's [`GaiResolver`]). hyper-util never asks about IP
+/// literals.
 #[derive(Debug, Clone)]
 pub(super) struct Resolver {
     known: Arc<[SocketAddr]>,

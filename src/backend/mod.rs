@@ -7,8 +7,11 @@
 //!   request's own task drives it while waiting for the response head, then the response body
 //!   does, through its [`Lease`], and gives it back at the end. No lock, no hop to another task
 //!   per request, and no backend connection held by an idle client.
-//! - **Pool** (HTTP/2 clients, many requests at once; or `--upstream-protocol http2`): hyper's
-//!   pooled client.
+//! - **Shared HTTP/2 connection** (`--upstream-protocol http2`, every request but upgrades): the
+//!   one connection this worker thread keeps to the backend, multiplexing all its requests
+//!   ([`h2c`]), whatever their authority.
+//! - **Pool** (HTTP/2 clients, many requests at once, in front of an HTTP/1.1 backend): hyper's
+//!   pooled client, its connections all keyed by the upstream's authority.
 //! - **Upgrade** (WebSockets): a fresh HTTP/1.1 connection that becomes the tunnel (HTTP/2 has
 //!   no `Upgrade`, so this holds even with `--upstream-protocol http2`).
 //!
@@ -29,12 +32,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::header::{HeaderMap, HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
@@ -44,6 +48,7 @@ pub use links::Lease;
 use links::{Home, Link, IDLE_TIMEOUT};
 
 mod dial;
+mod h2c;
 mod links;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,6 +124,16 @@ impl BackendError {
         }
     }
 
+    /// A request to an HTTP/2 backend failed once connected: the client's body, or else the
+    /// backend (`backend_failed`, as when these requests went through the pooled client).
+    fn from_h2(err: hyper::Error) -> BackendError {
+        if caused_by_client_body(&err) {
+            BackendError::ClientBody(err.into())
+        } else {
+            BackendError::Failed(err.into())
+        }
+    }
+
     /// The pooled client wraps connect errors: classify by the IO error underneath, keeping the
     /// whole chain for the log.
     fn from_pool(err: hyper_util::client::legacy::Error) -> BackendError {
@@ -147,9 +162,11 @@ pub struct Backend {
     upstream: Upstream,
     /// This backend's idle links, on each worker thread.
     home: Home,
-    /// For HTTP/2 clients, and every non-upgrade request with `--upstream-protocol http2`.
+    /// For HTTP/2 clients in front of an HTTP/1.1 backend.
     pool: Client<dial::Connector, RequestBody>,
-    pool_version: Version,
+    /// `--upstream-protocol http2`: every request but upgrades goes over this worker's
+    /// connection ([`h2c`]).
+    http2: bool,
     /// `--backend-timeout`: how long a request may wait for its response head.
     response_timeout: Option<Duration>,
 }
@@ -167,13 +184,6 @@ impl Backend {
         let mut pool = Client::builder(TokioExecutor::new());
         pool.pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new());
-        let pool_version = match protocol {
-            Protocol::Http1 => Version::HTTP_11,
-            Protocol::Http2 => {
-                pool.http2_only(true);
-                Version::HTTP_2
-            }
-        };
         Backend {
             upstream,
             home: Home {
@@ -181,7 +191,7 @@ impl Backend {
                 idle_max,
             },
             pool: pool.build(connector),
-            pool_version,
+            http2: protocol == Protocol::Http2,
             response_timeout,
         }
     }
@@ -221,9 +231,18 @@ impl Backend {
             *req.uri_mut() = origin_form(req.uri());
             return self.send_upgrade(req).await.map(|resp| (resp, None));
         }
-        if client_http2 || self.pool_version == Version::HTTP_2 {
-            *req.version_mut() = self.pool_version;
-            *req.uri_mut() = self.absolute(req.uri());
+        if self.http2 {
+            *req.version_mut() = Version::HTTP_2;
+            let authority = self.h2_authority(req.headers_mut());
+            *req.uri_mut() = absolute(authority, req.uri());
+            return self.send_h2c(req).await.map(|resp| (resp, None));
+        }
+        if client_http2 {
+            *req.version_mut() = Version::HTTP_11;
+            // hyper-util sends HTTP/1.1 in origin form, keeping the `Host` already there: the
+            // authority only keys the pool, so the upstream's keeps one set of idle connections
+            // for every request.
+            *req.uri_mut() = absolute(self.upstream.authority.clone(), req.uri());
             let resp = self.pool.request(req).await;
             return resp
                 .map(|resp| (resp, None))
@@ -259,6 +278,45 @@ impl Backend {
                 _ => Err(BackendError::from_hyper(err.into_error())),
             },
         }
+    }
+
+    /// Sends `req` on this thread's HTTP/2 connection to the backend (opening one if there is
+    /// none). A request that a closing connection could not take is retried once on another:
+    /// it was never sent, so sending it again is safe.
+    async fn send_h2c(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, BackendError> {
+        let open = || self.open_h2c();
+        let (mut sender, reused) = h2c::sender(self.home.backend, open).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut err) => match err.take_message() {
+                Some(req) if reused => {
+                    debug!("the backend's HTTP/2 connection was closing; retrying on another");
+                    // The closed connection is known closed by now: this is another one.
+                    let (mut sender, _) = h2c::sender(self.home.backend, open).await?;
+                    let resp = sender.try_send_request(req).await;
+                    resp.map_err(|err| BackendError::from_h2(err.into_error()))
+                }
+                _ => Err(BackendError::from_h2(err.into_error())),
+            },
+        }
+    }
+
+    /// A new HTTP/2 connection to the backend, its IO driven by a task of this thread's.
+    async fn open_h2c(&self) -> Result<h2c::Sender, BackendError> {
+        let stream = self.connect_stream().await?;
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(BackendError::from_h2)?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(error = %err, "HTTP/2 connection to the backend ended with an error");
+            }
+        });
+        sender.ready().await.map_err(BackendError::from_h2)?;
+        Ok(sender)
     }
 
     /// A fresh HTTP/1.1 connection that can become a tunnel once the backend answers 101.
@@ -340,26 +398,63 @@ impl Backend {
         Ok(Link::new(sender, conn))
     }
 
-    /// Drops this thread's idle links once they are too old to be used: run by each worker,
-    /// so that an idle set does not hold the backend's connections while no request comes.
+    /// Drops this thread's idle links, and its HTTP/2 connection, once they are too old to be
+    /// used: run by each worker, so that they do not hold the backend's connections while no
+    /// request comes.
     pub async fn sweep_idle_links(&self) {
         let mut every = tokio::time::interval(IDLE_TIMEOUT / 2);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
+            if self.http2 {
+                h2c::sweep(self.home.backend);
+            }
             links::sweep(self.home);
         }
     }
 
-    /// The absolute URI the pooled client needs.
-    fn absolute(&self, original: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.upstream.authority.clone());
-        parts.path_and_query = Some(path_and_query(original));
-        // Cannot fail: scheme, authority and path were each valid on their own.
-        Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
+    /// The `:authority` of a request to an HTTP/2 backend: the client's, which `Host` carries by
+    /// now (`headers::to_backend` puts an HTTP/2 client's `:authority` there), else the
+    /// upstream's, as for an HTTP/1.1 backend. h2 takes `:authority` from the URI alone, and
+    /// hyper sends `Host` on as an ordinary field: left as it was, a `Host` that differs from
+    /// the upstream's authority made the request malformed (RFC 9113 §8.3.1), and strict
+    /// backends answered 400.
+    ///
+    /// `Host` stays, equal to `:authority` (the RFC allows that): backends that read `Host`
+    /// alone still see the client's, as an HTTP/1.1 backend does. When the client's is not
+    /// usable as an authority (none: HTTP/1.0; or `check_request` let through one it should
+    /// not have), both become the upstream's.
+    ///
+    /// The authority names no connection: every request goes on this worker's one connection
+    /// to the upstream ([`h2c`]).
+    fn h2_authority(&self, headers: &mut HeaderMap) -> Authority {
+        let client = headers
+            .get(HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .filter(|authority| !authority.as_str().contains('@'));
+        if let Some(authority) = client {
+            return authority;
+        }
+        let upstream = self.upstream.authority.clone();
+        match HeaderValue::from_str(upstream.as_str()) {
+            Ok(host) => headers.insert(HOST, host),
+            // Cannot happen (an authority is a valid header value); were it to, no `Host` is
+            // still a well-formed HTTP/2 request.
+            Err(_) => headers.remove(HOST),
+        };
+        upstream
     }
+}
+
+/// An absolute URI: the pooled client's authority keys its pool, and an HTTP/2 request's
+/// becomes `:authority`.
+fn absolute(authority: Authority, original: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query(original));
+    // Cannot fail: scheme, authority and path were each valid on their own.
+    Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
 }
 
 /// The path and query alone, as an HTTP/1.1 request line carries them.
