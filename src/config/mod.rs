@@ -281,8 +281,9 @@ pub struct Command {
 /// The backend's address: plain HTTP on a host and port, or on a Unix socket (`unix:/PATH`).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `host:port` as given (the port always written out): the `Host` header when a client sent
-    /// none, and the authority of the pooled client's requests. `localhost` for a Unix socket.
+    /// `host:port` as given (the port always written out): the `Host` header (and an HTTP/2
+    /// backend's `:authority`) when a client sent none, and the key of the pooled client's
+    /// connections. `localhost` for a Unix socket.
     pub authority: Authority,
     /// The host as given, without an IPv6 literal's brackets.
     pub host: String,
