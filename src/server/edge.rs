@@ -136,6 +136,8 @@ struct State {
     action: Option<Action>,
     /// Since when the connection has been idle, once parked.
     parked_since: Option<Instant>,
+    /// The timer behind the head windows, kept from one to the next (see [`HeadWait`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +163,7 @@ impl Activity {
                 windows: 0,
                 action: None,
                 parked_since: None,
+                timer: None,
             }),
             attention: AtomicBool::new(false),
             window: AtomicU64::new(0),
@@ -240,8 +243,7 @@ impl Activity {
     /// the connection's start for its first request, from the head's first byte after that); a
     /// kept-alive connection whose next head has not started parks after [`PARK_AFTER`] (once),
     /// and is closed after the idle timeout. Called as hyper waits in the window; `now` is then.
-    fn head_deadline(&self, id: u64, now: Instant) -> Option<(Instant, Action)> {
-        let mut state = self.state();
+    fn head_deadline(&self, state: &mut State, id: u64, now: Instant) -> Option<(Instant, Action)> {
         let window = state.window.as_mut().filter(|window| window.id == id)?;
         let opened = *window.opened.get_or_insert(now);
         let timeout = Action::Answer(ClientError::HeadTimeout);
@@ -303,7 +305,14 @@ impl Activity {
 pub(super) struct Watch {
     activity: Arc<Activity>,
     http2: bool,
-    checks: tokio::time::Interval,
+    /// The next check, every `every` (later if the task was late for one, as an interval's
+    /// missed ticks are delayed). Polled only when it has gone off or has never been polled
+    /// since it was set: the connection's task (the only one that polls it) is woken anyway,
+    /// and this is asked on every wake-up of that task, several per request.
+    checks: Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+    /// `checks` holds the task's waker for its current deadline.
+    armed: bool,
     /// The counters at the last check: started, ended, progress.
     seen: (u64, u64, u64),
     idle: u32,
@@ -312,16 +321,18 @@ pub(super) struct Watch {
 
 impl Watch {
     const CHECKS: u32 = 4;
+    /// A check this late sets the next one from now, not from when it was due.
+    const LATE: Duration = Duration::from_millis(5);
 
     pub(super) fn new(activity: &Arc<Activity>, http2: bool) -> Watch {
         let every = (activity.limits.idle_timeout / Self::CHECKS).max(Duration::from_millis(1));
         let first = tokio::time::Instant::from_std(activity.accepted) + every;
-        let mut checks = tokio::time::interval_at(first, every);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Watch {
             activity: Arc::clone(activity),
             http2,
-            checks,
+            checks: Box::pin(tokio::time::sleep_until(first)),
+            every,
+            armed: false,
             seen: (0, 0, 0),
             idle: 0,
             stalled: 0,
@@ -334,7 +345,22 @@ impl Watch {
             if self.activity.is_flooded() {
                 return Poll::Ready(Expiry::Flood);
             }
-            ready!(self.checks.poll_tick(cx));
+            if self.armed && !self.checks.is_elapsed() {
+                return Poll::Pending;
+            }
+            if self.checks.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+            let due = self.checks.deadline();
+            let now = tokio::time::Instant::now();
+            let next = if now > due + Self::LATE {
+                now + self.every
+            } else {
+                due + self.every
+            };
+            self.checks.as_mut().reset(next);
+            self.armed = false;
             let a = &self.activity;
             let now = (
                 a.started.load(Relaxed),
@@ -424,12 +450,19 @@ impl hyper::rt::Timer for HeadTimer {
 /// One head window: open from hyper's request for a sleep until hyper drops it. It never
 /// completes: when its deadline passes it has the socket answer 408 (or close an idle
 /// connection) at hyper's next read, and hyper sees the connection end like any other. Its
-/// timer is made at its first poll: a head that is already there is parsed without one.
+/// timer is set at its first poll: a head that is already there is parsed without one.
+///
+/// The timer is the connection's, kept from one window to the next: set no later than the
+/// window's deadline, and left running when the window closes. A timer set earlier (for an
+/// earlier window) stays: it wakes the window early, which sets it again. So a kept-alive
+/// connection whose heads come sooner than [`PARK_AFTER`] apart sets its timer about once per
+/// [`PARK_AFTER`], not once per request (with a registration and a removal in the runtime's
+/// timer wheel, and an allocation, each time); a timer that goes off after its window closed
+/// costs one spurious wake-up of the connection's task.
 #[derive(Debug)]
 struct HeadWait {
     activity: Arc<Activity>,
     id: u64,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     fired: bool,
 }
 
@@ -438,7 +471,6 @@ impl HeadWait {
         HeadWait {
             activity: Arc::clone(activity),
             id: activity.open_window(),
-            sleep: None,
             fired: false,
         }
     }
@@ -452,17 +484,30 @@ impl Future for HeadWait {
         if this.fired {
             return Poll::Pending;
         }
-        let Some((deadline, action)) = this.activity.head_deadline(this.id, Instant::now()) else {
-            return Poll::Pending;
+        let action = {
+            let activity = &this.activity;
+            let mut state = activity.state();
+            let Some((deadline, action)) =
+                activity.head_deadline(&mut state, this.id, Instant::now())
+            else {
+                return Poll::Pending;
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = state
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
+            loop {
+                ready!(timer.as_mut().poll(cx));
+                if timer.deadline() >= deadline {
+                    break action;
+                }
+                // Set for an earlier window: set it again, for this one.
+                timer.as_mut().reset(deadline);
+            }
         };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        ready!(sleep.as_mut().poll(cx));
         match action {
             Action::Answer(err) => debug!(code = err.code(), "request head not complete in time"),
             Action::Close => debug!("idle keep-alive connection closed"),
