@@ -556,6 +556,9 @@ struct HeadScan {
     /// The current line's first bytes, lower case: enough to recognise the framing headers.
     name: [u8; 18],
     after_cr: bool,
+    /// The current line is a header line whose first byte is not a framing header's: the
+    /// rest of it needs no look one byte at a time.
+    plain_line: bool,
     /// The current line's value, if it is a framing header's.
     framing: Framing,
     content_length: bool,
@@ -643,7 +646,8 @@ impl HeadScan {
             let room = &bytes[..bytes.len().min(max_size.saturating_sub(self.len + 1))];
             let run = if !matches!(self.framing, Framing::Other) {
                 0
-            } else if self.lines == 0 || self.line_len >= TRANSFER_ENCODING.len() {
+            } else if self.lines == 0 || self.plain_line || self.line_len >= TRANSFER_ENCODING.len()
+            {
                 self.take_plain(room)
             } else if self.line_len > 0 {
                 self.take_name(room)
@@ -727,6 +731,10 @@ impl HeadScan {
             if let Some(slot) = self.name.get_mut(self.line_len) {
                 *slot = byte.to_ascii_lowercase();
             }
+            // Neither `content-length:` nor `transfer-encoding:`, whatever follows.
+            if self.line_len == 0 && self.lines > 0 {
+                self.plain_line = !matches!(byte.to_ascii_lowercase(), b'c' | b't');
+            }
             self.framing.push(byte);
             self.line_len += 1;
             if self.lines > 0
@@ -774,6 +782,7 @@ impl HeadScan {
         let framing = std::mem::take(&mut self.framing);
         self.line_len = 0;
         self.after_cr = false;
+        self.plain_line = false;
         if content == 0 {
             if self.first && self.lines == 0 {
                 // Empty lines before the request line: parsers skip them (RFC 9112 §2.2).
@@ -814,25 +823,45 @@ fn is_forbidden_control(byte: u8) -> bool {
     (byte < 0x20 && byte != b'\t' && byte != b'\r') || byte == 0x7f
 }
 
-/// How many of `bytes` come before the first LF or forbidden control character: sixteen at a
-/// time while none is below 0x20 or DEL (branch-free, so vectorised), then one at a time from
-/// the chunk that has one.
+/// How many of `bytes` come before the first LF or forbidden control character: eight at a
+/// time, each word's stops found at once ([`stops`]).
 fn plain_len(bytes: &[u8]) -> usize {
+    let mut words = bytes.chunks_exact(8);
     let mut plain = 0;
-    for chunk in bytes.chunks_exact(16) {
-        let special = chunk
-            .iter()
-            .fold(false, |any, &byte| any | (byte < 0x20) | (byte == 0x7f));
-        if special {
-            break;
+    for word in &mut words {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let stops = stops(u64::from_le_bytes(eight));
+        if stops != 0 {
+            return plain + (stops.trailing_zeros() / 8) as usize;
         }
-        plain += 16;
+        plain += 8;
     }
-    plain
-        + bytes[plain..]
-            .iter()
-            .position(|&byte| byte == b'\n' || is_forbidden_control(byte))
-            .unwrap_or(bytes.len() - plain)
+    let rest = words.remainder();
+    // Padded with spaces, which are no stops.
+    let mut last = [b' '; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    let stops = stops(u64::from_le_bytes(last));
+    plain + ((stops.trailing_zeros() / 8) as usize).min(rest.len())
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` (little-endian) that is LF or a forbidden control
+/// character ([`is_forbidden_control`]), and no other bit. Exact for every byte: no carry
+/// crosses from one byte to the next.
+fn stops(word: u64) -> u64 {
+    // (b & 0x7f) + 0x60 reaches the high bit exactly when b & 0x7f >= 0x20.
+    let below_space = !(((word & !HIGHS) + ONES * 0x60) | word) & HIGHS;
+    (below_space & !bytes_equal(word, b'\t') & !bytes_equal(word, b'\r')) | bytes_equal(word, 0x7f)
+}
+
+/// The high bit of each byte of `word` equal to `byte`.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    // (b & 0x7f) + 0x7f reaches the high bit exactly when b & 0x7f != 0.
+    !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
 }
 
 /// The HTTP/2 control frames a client sends that lameduck must answer (PING and SETTINGS
@@ -1223,6 +1252,38 @@ mod tests {
             }
         }
         (Ok(()), scan)
+    }
+
+    /// Every byte value, at every place in a word and in the last few bytes, stops
+    /// [`plain_len`] exactly where one byte at a time would.
+    #[test]
+    fn plain_len_stops_at_the_first_lf_or_forbidden_control_character() {
+        let bytewise = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&byte| byte == b'\n' || is_forbidden_control(byte))
+                .unwrap_or(bytes.len())
+        };
+        for len in [1, 5, 8, 13, 16, 21] {
+            for at in 0..len {
+                for byte in 0..=u8::MAX {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        plain_len(&bytes),
+                        bytewise(&bytes),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                    bytes[len - 1] = b'\r';
+                    assert_eq!(
+                        plain_len(&bytes),
+                        bytewise(&bytes),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert_eq!(plain_len(b""), 0);
     }
 
     /// The bulk paths give what one byte at a time gives, verdict and position, on thousands of
