@@ -180,15 +180,38 @@ pub fn is_chunked_alone(value: &[u8]) -> bool {
     value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
-/// `host[:port]` and nothing else: no user info, a port of digits only.
+/// `host[:port]` and nothing else: no user info, a port of digits only. The host ends where
+/// `Authority::host` ends it (at the first `:`, or after the `]` of an IPv6 literal), found in
+/// one pass over the bytes rather than its string searches.
 fn is_host_and_port(authority: &Authority) -> bool {
-    let text = authority.as_str();
-    let Some(port) = text.strip_prefix(authority.host()) else {
+    let text = authority.as_str().as_bytes();
+    // User info: the host would start after it.
+    if text.contains(&b'@') {
         return false;
+    }
+    let host_end = if text.first() == Some(&b'[') {
+        match text.iter().position(|&byte| byte == b']') {
+            Some(end) => end + 1,
+            None => return false,
+        }
+    } else {
+        text.iter()
+            .position(|&byte| byte == b':')
+            .unwrap_or(text.len())
     };
-    match port.strip_prefix(':') {
-        None => port.is_empty(),
-        Some(digits) => digits.parse::<u16>().is_ok() && digits.bytes().all(|b| b.is_ascii_digit()),
+    match &text[host_end..] {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits
+                    .iter()
+                    .try_fold(0u16, |port, &digit| {
+                        digit.is_ascii_digit().then_some(())?;
+                        port.checked_mul(10)?.checked_add(u16::from(digit - b'0'))
+                    })
+                    .is_some()
+        }
+        _ => false,
     }
 }
 
@@ -297,19 +320,21 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Which of them are there, from one look at each name rather than a hashed lookup per
     // hop-by-hop name: most heads have none, or only `Connection`.
     let mut present = [false; HOPS + 1];
-    for name in headers.keys() {
+    // Every `Connection` line is one of the usual tokens alone (most are): no token to split.
+    let mut usual_connection = true;
+    for (name, value) in headers.iter() {
         if let Some(index) = hop_index(name) {
             present[index] = true;
+            if index == 0 && usual_connection {
+                usual_connection = is_usual_connection_token(value.as_bytes().trim_ascii());
+            }
         }
     }
     let te = present[HOPS];
     // Most clients name only `keep-alive`, `close` or `upgrade`: no list to build then.
     let names_others = present[0]
-        && connection_tokens(headers).any(|token| {
-            ![&b"keep-alive"[..], b"close", b"upgrade"]
-                .iter()
-                .any(|t| token.eq_ignore_ascii_case(t))
-        });
+        && !usual_connection
+        && connection_tokens(headers).any(|token| !is_usual_connection_token(token));
     if names_others {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|name| HeaderName::from_bytes(name).ok())
@@ -332,6 +357,13 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
         headers.remove(header::TE);
     }
     names_others
+}
+
+/// `keep-alive`, `close` or `upgrade`: the tokens of `Connection` that name no header.
+fn is_usual_connection_token(token: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"close", b"upgrade"]
+        .iter()
+        .any(|usual| token.eq_ignore_ascii_case(usual))
 }
 
 /// The comma-separated tokens of every `Connection` header (each visible ASCII, as a value
@@ -460,6 +492,55 @@ mod tests {
         }
         assert_eq!(hop_index(&header::TE), Some(HOPS));
         assert_eq!(hop_index(&header::HOST), None);
+    }
+
+    /// `is_host_and_port` as first written, with `Authority::host`: the reference.
+    #[test]
+    fn host_and_port_agrees_with_authority_host() {
+        let reference = |authority: &Authority| {
+            let text = authority.as_str();
+            let Some(port) = text.strip_prefix(authority.host()) else {
+                return false;
+            };
+            match port.strip_prefix(':') {
+                None => port.is_empty(),
+                Some(digits) => {
+                    digits.parse::<u16>().is_ok() && digits.bytes().all(|b| b.is_ascii_digit())
+                }
+            }
+        };
+        let hosts = [
+            "a",
+            "a:",
+            "a:1",
+            "a:65535",
+            "a:65536",
+            "a:00080",
+            "a:+80",
+            "a:8x",
+            "u@a",
+            "u@a:1",
+            "a:1@b",
+            "[::1]",
+            "[::1]:80",
+            "[::1]:",
+            "[::1]:x",
+            "127.0.0.1:8080",
+            "a:1:2",
+            "A.B",
+            "a:0000000000080",
+            "a:99999",
+            "[fe80::1%25eth0]:1",
+        ];
+        for host in hosts {
+            if let Ok(authority) = Authority::try_from(host) {
+                assert_eq!(
+                    is_host_and_port(&authority),
+                    reference(&authority),
+                    "{host}"
+                );
+            }
+        }
     }
 
     fn request(version: Version, target: &str, hosts: &[&str]) -> Request<()> {
