@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -82,16 +82,21 @@ where
         &mut self,
         req: Request<B>,
     ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
-        let response = self.sender.try_send_request(req);
+        // Unconstrained: polled with a no-op waker (below), it must never be the one told to
+        // yield by the runtime's budget, which wakes the waker it is given.
+        let response = tokio::task::unconstrained(self.sender.try_send_request(req));
         tokio::pin!(response);
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                return Poll::Ready(result);
-            }
-            // The response arrives through the connection's IO: drive it. Once the connection
-            // has ended, the response future resolves with its error.
+            // The response arrives through the connection's IO, and only there: drive it, then
+            // look. Once the connection has ended, the response future resolves with its error.
             self.poll_io(cx);
-            response.as_mut().poll(cx)
+            // What wakes this task is the IO's (the sockets, the request body), registered
+            // just now; the response's own channel is filled only inside `poll_io`, so it gets
+            // no waker of the task: with one, its answer would wake the task again for
+            // nothing, one more poll of the whole client connection per request.
+            response
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
         })
         .await
     }
