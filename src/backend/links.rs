@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -86,17 +86,29 @@ where
         // yield by the runtime's budget, which wakes the waker it is given.
         let response = tokio::task::unconstrained(self.sender.try_send_request(req));
         tokio::pin!(response);
+        // The first poll writes the request: its response cannot be there yet.
+        let mut first = true;
         std::future::poll_fn(|cx| {
             // The response arrives through the connection's IO, and only there: drive it, then
             // look. Once the connection has ended, the response future resolves with its error.
+            // The response's own channel is filled only inside `poll_io`, so it never gets
+            // this task's waker: its answer would wake the task again for nothing, one more
+            // poll of the whole client connection per request.
+            let noop = &mut Context::from_waker(std::task::Waker::noop());
+            // Woken since: first without this task's waker either, so that a response (and a
+            // body) already there is taken without leaving the waker anywhere to be woken for
+            // nothing (the body's channel wakes the connection whenever a chunk is taken, even
+            // once it has ended); the response body drives the connection with the task's
+            // waker from then on.
+            if !std::mem::take(&mut first) {
+                self.poll_io(noop);
+                if let ready @ Poll::Ready(_) = response.as_mut().poll(noop) {
+                    return ready;
+                }
+            }
+            // Not there yet: again with this task's waker, to be woken when it comes.
             self.poll_io(cx);
-            // What wakes this task is the IO's (the sockets, the request body), registered
-            // just now; the response's own channel is filled only inside `poll_io`, so it gets
-            // no waker of the task: with one, its answer would wake the task again for
-            // nothing, one more poll of the whole client connection per request.
-            response
-                .as_mut()
-                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            response.as_mut().poll(noop)
         })
         .await
     }
