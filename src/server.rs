@@ -185,10 +185,6 @@ impl Protocols {
             .max_headers(MAX_HEADERS)
             // Enforced by each connection's own timer, which hyper's sleeps drive: see `edge`.
             .header_read_timeout(limits.header_read_timeout)
-            // A response's head and the body bytes that fit go out in one buffer, copied
-            // there, rather than queued for `writev`: cheaper for the small bodies most
-            // responses have, and still one write.
-            .writev(false)
             .timer(TokioTimer::new());
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

@@ -334,10 +334,7 @@ impl Backend {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let stream = self.connect_stream().await?;
-        // Each request's head and body bytes go out in one buffer (see `server`'s `writev`).
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(BackendError::from_hyper)?;
         Ok(Link::new(sender, conn))
