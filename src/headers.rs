@@ -4,7 +4,7 @@
 //! `Connection: close` on HTTP/1.1 responses once shutdown has begun.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
@@ -180,15 +180,38 @@ pub fn is_chunked_alone(value: &[u8]) -> bool {
     value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
-/// `host[:port]` and nothing else: no user info, a port of digits only.
+/// `host[:port]` and nothing else: no user info, a port of digits only. The host ends where
+/// `Authority::host` ends it (at the first `:`, or after the `]` of an IPv6 literal), found in
+/// one pass over the bytes rather than its string searches.
 fn is_host_and_port(authority: &Authority) -> bool {
-    let text = authority.as_str();
-    let Some(port) = text.strip_prefix(authority.host()) else {
+    let text = authority.as_str().as_bytes();
+    // User info: the host would start after it.
+    if text.contains(&b'@') {
         return false;
+    }
+    let host_end = if text.first() == Some(&b'[') {
+        match text.iter().position(|&byte| byte == b']') {
+            Some(end) => end + 1,
+            None => return false,
+        }
+    } else {
+        text.iter()
+            .position(|&byte| byte == b':')
+            .unwrap_or(text.len())
     };
-    match port.strip_prefix(':') {
-        None => port.is_empty(),
-        Some(digits) => digits.parse::<u16>().is_ok() && digits.bytes().all(|b| b.is_ascii_digit()),
+    match &text[host_end..] {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits
+                    .iter()
+                    .try_fold(0u16, |port, &digit| {
+                        digit.is_ascii_digit().then_some(())?;
+                        port.checked_mul(10)?.checked_add(u16::from(digit - b'0'))
+                    })
+                    .is_some()
+        }
+        _ => false,
     }
 }
 
@@ -207,10 +230,11 @@ fn same_origin(a: &Authority, b: &Authority, scheme: Option<&Scheme>) -> bool {
 /// The protocol a request asks to upgrade to: `Connection` includes `upgrade` and `Upgrade` is
 /// set (both are needed, RFC 9110 §7.8).
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    // `Upgrade` first: one lookup settles the common case, no tokens to split.
+    let protocol = headers.get(header::UPGRADE)?;
     connection_tokens(headers)
-        .any(|token| token.eq_ignore_ascii_case("upgrade"))
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+        .any(|token| token.eq_ignore_ascii_case(b"upgrade"))
+        .then(|| protocol.clone())
 }
 
 /// Rewrites a client's request head for the backend: hop-by-hop headers go, `Host` stays (an
@@ -222,13 +246,16 @@ pub fn to_backend(
     upgrade: Option<&HeaderValue>,
     fallback_host: &str,
 ) {
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    let from_header = parts.headers.get(header::HOST).cloned();
+    let had_host = from_header.is_some();
+    let host = from_header.or_else(|| {
         let authority = parts.uri.authority()?;
         HeaderValue::from_str(authority.as_str()).ok()
     });
     let headers = &mut parts.headers;
-    remove_hop_by_hop(headers);
-    if !headers.contains_key(header::HOST) {
+    let named_removed = remove_hop_by_hop(headers);
+    // Only a `Connection` header naming `Host` can have taken it away.
+    if !had_host || (named_removed && !headers.contains_key(header::HOST)) {
         let host = host
             .clone()
             .or_else(|| HeaderValue::from_str(fallback_host).ok());
@@ -268,29 +295,49 @@ pub fn close_when_shutting_down(
     }
 }
 
+/// Where a header name is in [`HOP_BY_HOP`], or [`HOPS`] for `TE`: one string match (a jump on
+/// the length, then one comparison at most) rather than a comparison with each name.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    let index = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "trailer" => 5,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
+        "te" => HOPS,
+        _ => return None,
+    };
+    Some(index)
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header names. `TE: trailers` is
-/// kept: it is how gRPC clients say they accept trailers, and it holds end to end.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// kept: it is how gRPC clients say they accept trailers, and it holds end to end. Returns
+/// whether the `Connection` header named others, which were removed too.
+fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Which of them are there, from one look at each name rather than a hashed lookup per
     // hop-by-hop name: most heads have none, or only `Connection`.
-    let mut present = [false; HOPS];
-    let mut te = false;
-    for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|hop| hop == name) {
-            Some(index) => present[index] = true,
-            None => te |= name == header::TE,
+    let mut present = [false; HOPS + 1];
+    // Every `Connection` line is one of the usual tokens alone (most are): no token to split.
+    let mut usual_connection = true;
+    for (name, value) in headers.iter() {
+        if let Some(index) = hop_index(name) {
+            present[index] = true;
+            if index == 0 && usual_connection {
+                usual_connection = is_usual_connection_token(value.as_bytes().trim_ascii());
+            }
         }
     }
+    let te = present[HOPS];
     // Most clients name only `keep-alive`, `close` or `upgrade`: no list to build then.
     let names_others = present[0]
-        && connection_tokens(headers).any(|token| {
-            !["keep-alive", "close", "upgrade"]
-                .iter()
-                .any(|t| token.eq_ignore_ascii_case(t))
-        });
+        && !usual_connection
+        && connection_tokens(headers).any(|token| !is_usual_connection_token(token));
     if names_others {
         let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter_map(|name| HeaderName::from_bytes(name).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -301,22 +348,33 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    let te_is_trailers = headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if te && !te_is_trailers {
+    let te_is_trailers = || {
+        headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    };
+    if te && !te_is_trailers() {
         headers.remove(header::TE);
     }
+    names_others
 }
 
-/// The comma-separated tokens of every `Connection` header.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// `keep-alive`, `close` or `upgrade`: the tokens of `Connection` that name no header.
+fn is_usual_connection_token(token: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"close", b"upgrade"]
+        .iter()
+        .any(|usual| token.eq_ignore_ascii_case(usual))
+}
+
+/// The comma-separated tokens of every `Connection` header (each visible ASCII, as a value
+/// must be to count: one with other bytes is passed over whole).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
 }
 
@@ -330,8 +388,21 @@ fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&Head
     let ip = remote.ip().to_canonical();
     append_list(headers, &X_FORWARDED_FOR, || {
         let mut text = Vec::with_capacity(39);
-        // Writing into a Vec cannot fail.
-        let _ = write!(text, "{ip}");
+        match ip {
+            // By hand: `Display` goes through the formatting machinery, ten times the work.
+            IpAddr::V4(ip) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    push_decimal(&mut text, octet);
+                }
+            }
+            // Writing into a Vec cannot fail.
+            IpAddr::V6(_) => {
+                let _ = write!(text, "{ip}");
+            }
+        }
         HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
     });
     append_list(headers, &X_FORWARDED_PROTO, || {
@@ -340,6 +411,17 @@ fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&Head
     if let Some(host) = host {
         append_list(headers, &X_FORWARDED_HOST, || Some(host.clone()));
     }
+}
+
+/// Appends `byte`'s decimal digits to `text`.
+fn push_decimal(text: &mut Vec<u8>, byte: u8) {
+    if byte >= 100 {
+        text.push(b'0' + byte / 100);
+    }
+    if byte >= 10 {
+        text.push(b'0' + byte / 10 % 10);
+    }
+    text.push(b'0' + byte % 10);
 }
 
 /// Appends `value` to the list header `name`: set to it alone when the client sent none (no
@@ -404,6 +486,61 @@ mod tests {
         let mut map = headers(&[("te", "trailers")]);
         remove_hop_by_hop(&mut map);
         assert_eq!(map["te"], "trailers");
+
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(name), Some(index), "{name}");
+        }
+        assert_eq!(hop_index(&header::TE), Some(HOPS));
+        assert_eq!(hop_index(&header::HOST), None);
+    }
+
+    /// `is_host_and_port` as first written, with `Authority::host`: the reference.
+    #[test]
+    fn host_and_port_agrees_with_authority_host() {
+        let reference = |authority: &Authority| {
+            let text = authority.as_str();
+            let Some(port) = text.strip_prefix(authority.host()) else {
+                return false;
+            };
+            match port.strip_prefix(':') {
+                None => port.is_empty(),
+                Some(digits) => {
+                    digits.parse::<u16>().is_ok() && digits.bytes().all(|b| b.is_ascii_digit())
+                }
+            }
+        };
+        let hosts = [
+            "a",
+            "a:",
+            "a:1",
+            "a:65535",
+            "a:65536",
+            "a:00080",
+            "a:+80",
+            "a:8x",
+            "u@a",
+            "u@a:1",
+            "a:1@b",
+            "[::1]",
+            "[::1]:80",
+            "[::1]:",
+            "[::1]:x",
+            "127.0.0.1:8080",
+            "a:1:2",
+            "A.B",
+            "a:0000000000080",
+            "a:99999",
+            "[fe80::1%25eth0]:1",
+        ];
+        for host in hosts {
+            if let Ok(authority) = Authority::try_from(host) {
+                assert_eq!(
+                    is_host_and_port(&authority),
+                    reference(&authority),
+                    "{host}"
+                );
+            }
+        }
     }
 
     fn request(version: Version, target: &str, hosts: &[&str]) -> Request<()> {
@@ -539,6 +676,19 @@ mod tests {
         assert_eq!(map["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
         assert_eq!(map["x-forwarded-proto"], "https, http");
         assert_eq!(map["x-forwarded-host"], "example.com");
+
+        for ip in [
+            "0.9.10.99",
+            "100.199.200.255",
+            "1.0.0.1",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let mut map = HeaderMap::new();
+            let remote = SocketAddr::new(ip.parse().unwrap(), 1);
+            add_forwarded(&mut map, remote, None);
+            assert_eq!(map["x-forwarded-for"], ip);
+        }
     }
 
     #[test]

@@ -82,16 +82,33 @@ where
         &mut self,
         req: Request<B>,
     ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
-        let response = self.sender.try_send_request(req);
+        // Unconstrained: polled with a no-op waker (below), it must never be the one told to
+        // yield by the runtime's budget, which wakes the waker it is given.
+        let response = tokio::task::unconstrained(self.sender.try_send_request(req));
         tokio::pin!(response);
+        // The first poll writes the request: its response cannot be there yet.
+        let mut first = true;
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                return Poll::Ready(result);
+            // The response arrives through the connection's IO, and only there: drive it, then
+            // look. Once the connection has ended, the response future resolves with its error.
+            // The response's own channel is filled only inside `poll_io`, so it never gets
+            // this task's waker: its answer would wake the task again for nothing, one more
+            // poll of the whole client connection per request.
+            let noop = &mut Context::from_waker(std::task::Waker::noop());
+            // Woken since: first without this task's waker either, so that a response (and a
+            // body) already there is taken without leaving the waker anywhere to be woken for
+            // nothing (the body's channel wakes the connection whenever a chunk is taken, even
+            // once it has ended); the response body drives the connection with the task's
+            // waker from then on.
+            if !std::mem::take(&mut first) {
+                self.poll_io(noop);
+                if let ready @ Poll::Ready(_) = response.as_mut().poll(noop) {
+                    return ready;
+                }
             }
-            // The response arrives through the connection's IO: drive it. Once the connection
-            // has ended, the response future resolves with its error.
+            // Not there yet: again with this task's waker, to be woken when it comes.
             self.poll_io(cx);
-            response.as_mut().poll(cx)
+            response.as_mut().poll(noop)
         })
         .await
     }

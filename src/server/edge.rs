@@ -136,6 +136,8 @@ struct State {
     action: Option<Action>,
     /// Since when the connection has been idle, once parked.
     parked_since: Option<Instant>,
+    /// The timer behind the head windows, kept from one to the next (see [`HeadWait`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +163,7 @@ impl Activity {
                 windows: 0,
                 action: None,
                 parked_since: None,
+                timer: None,
             }),
             attention: AtomicBool::new(false),
             window: AtomicU64::new(0),
@@ -240,8 +243,7 @@ impl Activity {
     /// the connection's start for its first request, from the head's first byte after that); a
     /// kept-alive connection whose next head has not started parks after [`PARK_AFTER`] (once),
     /// and is closed after the idle timeout. Called as hyper waits in the window; `now` is then.
-    fn head_deadline(&self, id: u64, now: Instant) -> Option<(Instant, Action)> {
-        let mut state = self.state();
+    fn head_deadline(&self, state: &mut State, id: u64, now: Instant) -> Option<(Instant, Action)> {
         let window = state.window.as_mut().filter(|window| window.id == id)?;
         let opened = *window.opened.get_or_insert(now);
         let timeout = Action::Answer(ClientError::HeadTimeout);
@@ -303,7 +305,14 @@ impl Activity {
 pub(super) struct Watch {
     activity: Arc<Activity>,
     http2: bool,
-    checks: tokio::time::Interval,
+    /// The next check, every `every` (later if the task was late for one, as an interval's
+    /// missed ticks are delayed). Polled only when it has gone off or has never been polled
+    /// since it was set: the connection's task (the only one that polls it) is woken anyway,
+    /// and this is asked on every wake-up of that task, several per request.
+    checks: Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+    /// `checks` holds the task's waker for its current deadline.
+    armed: bool,
     /// The counters at the last check: started, ended, progress.
     seen: (u64, u64, u64),
     idle: u32,
@@ -312,16 +321,18 @@ pub(super) struct Watch {
 
 impl Watch {
     const CHECKS: u32 = 4;
+    /// A check this late sets the next one from now, not from when it was due.
+    const LATE: Duration = Duration::from_millis(5);
 
     pub(super) fn new(activity: &Arc<Activity>, http2: bool) -> Watch {
         let every = (activity.limits.idle_timeout / Self::CHECKS).max(Duration::from_millis(1));
         let first = tokio::time::Instant::from_std(activity.accepted) + every;
-        let mut checks = tokio::time::interval_at(first, every);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Watch {
             activity: Arc::clone(activity),
             http2,
-            checks,
+            checks: Box::pin(tokio::time::sleep_until(first)),
+            every,
+            armed: false,
             seen: (0, 0, 0),
             idle: 0,
             stalled: 0,
@@ -334,7 +345,22 @@ impl Watch {
             if self.activity.is_flooded() {
                 return Poll::Ready(Expiry::Flood);
             }
-            ready!(self.checks.poll_tick(cx));
+            if self.armed && !self.checks.is_elapsed() {
+                return Poll::Pending;
+            }
+            if self.checks.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+            let due = self.checks.deadline();
+            let now = tokio::time::Instant::now();
+            let next = if now > due + Self::LATE {
+                now + self.every
+            } else {
+                due + self.every
+            };
+            self.checks.as_mut().reset(next);
+            self.armed = false;
             let a = &self.activity;
             let now = (
                 a.started.load(Relaxed),
@@ -424,12 +450,19 @@ impl hyper::rt::Timer for HeadTimer {
 /// One head window: open from hyper's request for a sleep until hyper drops it. It never
 /// completes: when its deadline passes it has the socket answer 408 (or close an idle
 /// connection) at hyper's next read, and hyper sees the connection end like any other. Its
-/// timer is made at its first poll: a head that is already there is parsed without one.
+/// timer is set at its first poll: a head that is already there is parsed without one.
+///
+/// The timer is the connection's, kept from one window to the next: set no later than the
+/// window's deadline, and left running when the window closes. A timer set earlier (for an
+/// earlier window) stays: it wakes the window early, which sets it again. So a kept-alive
+/// connection whose heads come sooner than [`PARK_AFTER`] apart sets its timer about once per
+/// [`PARK_AFTER`], not once per request (with a registration and a removal in the runtime's
+/// timer wheel, and an allocation, each time); a timer that goes off after its window closed
+/// costs one spurious wake-up of the connection's task.
 #[derive(Debug)]
 struct HeadWait {
     activity: Arc<Activity>,
     id: u64,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     fired: bool,
 }
 
@@ -438,7 +471,6 @@ impl HeadWait {
         HeadWait {
             activity: Arc::clone(activity),
             id: activity.open_window(),
-            sleep: None,
             fired: false,
         }
     }
@@ -452,17 +484,30 @@ impl Future for HeadWait {
         if this.fired {
             return Poll::Pending;
         }
-        let Some((deadline, action)) = this.activity.head_deadline(this.id, Instant::now()) else {
-            return Poll::Pending;
+        let action = {
+            let activity = &this.activity;
+            let mut state = activity.state();
+            let Some((deadline, action)) =
+                activity.head_deadline(&mut state, this.id, Instant::now())
+            else {
+                return Poll::Pending;
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = state
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
+            loop {
+                ready!(timer.as_mut().poll(cx));
+                if timer.deadline() >= deadline {
+                    break action;
+                }
+                // Set for an earlier window: set it again, for this one.
+                timer.as_mut().reset(deadline);
+            }
         };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        ready!(sleep.as_mut().poll(cx));
         match action {
             Action::Answer(err) => debug!(code = err.code(), "request head not complete in time"),
             Action::Close => debug!("idle keep-alive connection closed"),
@@ -511,6 +556,9 @@ struct HeadScan {
     /// The current line's first bytes, lower case: enough to recognise the framing headers.
     name: [u8; 18],
     after_cr: bool,
+    /// The current line is a header line whose first byte is not a framing header's: the
+    /// rest of it needs no look one byte at a time.
+    plain_line: bool,
     /// The current line's value, if it is a framing header's.
     framing: Framing,
     content_length: bool,
@@ -598,7 +646,8 @@ impl HeadScan {
             let room = &bytes[..bytes.len().min(max_size.saturating_sub(self.len + 1))];
             let run = if !matches!(self.framing, Framing::Other) {
                 0
-            } else if self.lines == 0 || self.line_len >= TRANSFER_ENCODING.len() {
+            } else if self.lines == 0 || self.plain_line || self.line_len >= TRANSFER_ENCODING.len()
+            {
                 self.take_plain(room)
             } else if self.line_len > 0 {
                 self.take_name(room)
@@ -682,6 +731,10 @@ impl HeadScan {
             if let Some(slot) = self.name.get_mut(self.line_len) {
                 *slot = byte.to_ascii_lowercase();
             }
+            // Neither `content-length:` nor `transfer-encoding:`, whatever follows.
+            if self.line_len == 0 && self.lines > 0 {
+                self.plain_line = !matches!(byte.to_ascii_lowercase(), b'c' | b't');
+            }
             self.framing.push(byte);
             self.line_len += 1;
             if self.lines > 0
@@ -729,6 +782,7 @@ impl HeadScan {
         let framing = std::mem::take(&mut self.framing);
         self.line_len = 0;
         self.after_cr = false;
+        self.plain_line = false;
         if content == 0 {
             if self.first && self.lines == 0 {
                 // Empty lines before the request line: parsers skip them (RFC 9112 §2.2).
@@ -769,25 +823,45 @@ fn is_forbidden_control(byte: u8) -> bool {
     (byte < 0x20 && byte != b'\t' && byte != b'\r') || byte == 0x7f
 }
 
-/// How many of `bytes` come before the first LF or forbidden control character: sixteen at a
-/// time while none is below 0x20 or DEL (branch-free, so vectorised), then one at a time from
-/// the chunk that has one.
+/// How many of `bytes` come before the first LF or forbidden control character: eight at a
+/// time, each word's stops found at once ([`stops`]).
 fn plain_len(bytes: &[u8]) -> usize {
+    let mut words = bytes.chunks_exact(8);
     let mut plain = 0;
-    for chunk in bytes.chunks_exact(16) {
-        let special = chunk
-            .iter()
-            .fold(false, |any, &byte| any | (byte < 0x20) | (byte == 0x7f));
-        if special {
-            break;
+    for word in &mut words {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let stops = stops(u64::from_le_bytes(eight));
+        if stops != 0 {
+            return plain + (stops.trailing_zeros() / 8) as usize;
         }
-        plain += 16;
+        plain += 8;
     }
-    plain
-        + bytes[plain..]
-            .iter()
-            .position(|&byte| byte == b'\n' || is_forbidden_control(byte))
-            .unwrap_or(bytes.len() - plain)
+    let rest = words.remainder();
+    // Padded with spaces, which are no stops.
+    let mut last = [b' '; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    let stops = stops(u64::from_le_bytes(last));
+    plain + ((stops.trailing_zeros() / 8) as usize).min(rest.len())
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` (little-endian) that is LF or a forbidden control
+/// character ([`is_forbidden_control`]), and no other bit. Exact for every byte: no carry
+/// crosses from one byte to the next.
+fn stops(word: u64) -> u64 {
+    // (b & 0x7f) + 0x60 reaches the high bit exactly when b & 0x7f >= 0x20.
+    let below_space = !(((word & !HIGHS) + ONES * 0x60) | word) & HIGHS;
+    (below_space & !bytes_equal(word, b'\t') & !bytes_equal(word, b'\r')) | bytes_equal(word, 0x7f)
+}
+
+/// The high bit of each byte of `word` equal to `byte`.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    // (b & 0x7f) + 0x7f reaches the high bit exactly when b & 0x7f != 0.
+    !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
 }
 
 /// The HTTP/2 control frames a client sends that lameduck must answer (PING and SETTINGS
@@ -1178,6 +1252,38 @@ mod tests {
             }
         }
         (Ok(()), scan)
+    }
+
+    /// Every byte value, at every place in a word and in the last few bytes, stops
+    /// [`plain_len`] exactly where one byte at a time would.
+    #[test]
+    fn plain_len_stops_at_the_first_lf_or_forbidden_control_character() {
+        let bytewise = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&byte| byte == b'\n' || is_forbidden_control(byte))
+                .unwrap_or(bytes.len())
+        };
+        for len in [1, 5, 8, 13, 16, 21] {
+            for at in 0..len {
+                for byte in 0..=u8::MAX {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        plain_len(&bytes),
+                        bytewise(&bytes),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                    bytes[len - 1] = b'\r';
+                    assert_eq!(
+                        plain_len(&bytes),
+                        bytewise(&bytes),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert_eq!(plain_len(b""), 0);
     }
 
     /// The bulk paths give what one byte at a time gives, verdict and position, on thousands of
