@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{request, Request};
+use http::Request;
 use http::{StatusCode, Version};
 
 /// Headers that describe one connection, not the message.
@@ -240,19 +240,22 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Rewrites a client's request head for the backend: hop-by-hop headers go, `Host` stays (an
 /// HTTP/2 client's `:authority` becomes it, else `fallback_host`), an upgrade is asked for
 /// again, and this hop is appended to `X-Forwarded-*`.
-pub fn to_backend(
-    parts: &mut request::Parts,
+///
+/// The request is rewritten where it is, not taken apart and put together again: a request head
+/// is a large value, and each move of it is a copy.
+pub fn to_backend<B>(
+    req: &mut Request<B>,
     remote: SocketAddr,
     upgrade: Option<&HeaderValue>,
     fallback_host: &str,
 ) {
-    let from_header = parts.headers.get(header::HOST).cloned();
+    let from_header = req.headers().get(header::HOST).cloned();
     let had_host = from_header.is_some();
     let host = from_header.or_else(|| {
-        let authority = parts.uri.authority()?;
+        let authority = req.uri().authority()?;
         HeaderValue::from_str(authority.as_str()).ok()
     });
-    let headers = &mut parts.headers;
+    let headers = req.headers_mut();
     let named_removed = remove_hop_by_hop(headers);
     // Only a `Connection` header naming `Host` can have taken it away.
     if !had_host || (named_removed && !headers.contains_key(header::HOST)) {
@@ -704,24 +707,24 @@ mod tests {
 
     #[test]
     fn requests_keep_their_host_and_ask_for_the_upgrade_again() {
-        let req = http::Request::get("http://example.com/x")
+        let mut req = http::Request::get("http://example.com/x")
             .version(Version::HTTP_2)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        let (mut parts, ()) = req.into_parts();
-        let upgrade = upgrade_protocol(&parts.headers);
+        let upgrade = upgrade_protocol(req.headers());
         to_backend(
-            &mut parts,
+            &mut req,
             "127.0.0.1:1".parse().unwrap(),
             upgrade.as_ref(),
             "127.0.0.1:8080",
         );
-        assert_eq!(parts.headers["host"], "example.com");
-        assert_eq!(parts.headers["x-forwarded-host"], "example.com");
-        assert_eq!(parts.headers["upgrade"], "websocket");
-        assert_eq!(parts.headers["connection"], "upgrade");
+        let headers = req.headers();
+        assert_eq!(headers["host"], "example.com");
+        assert_eq!(headers["x-forwarded-host"], "example.com");
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
     }
 
     #[test]
