@@ -3,6 +3,7 @@
 //! directions, `Upgrade` carried across, `Host` kept, `X-Forwarded-*` appended, and
 //! `Connection: close` on HTTP/1.1 responses once shutdown has begun.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -388,25 +389,8 @@ fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Appends this hop to `X-Forwarded-For`, `-Proto` and `-Host`, after any values already there.
 fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&HeaderValue>) {
-    let ip = remote.ip().to_canonical();
     append_list(headers, &X_FORWARDED_FOR, || {
-        let mut text = Vec::with_capacity(39);
-        match ip {
-            // By hand: `Display` goes through the formatting machinery, ten times the work.
-            IpAddr::V4(ip) => {
-                for (i, octet) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    push_decimal(&mut text, octet);
-                }
-            }
-            // Writing into a Vec cannot fail.
-            IpAddr::V6(_) => {
-                let _ = write!(text, "{ip}");
-            }
-        }
-        HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+        forwarded_for(remote.ip().to_canonical())
     });
     append_list(headers, &X_FORWARDED_PROTO, || {
         Some(HeaderValue::from_static("http"))
@@ -414,6 +398,46 @@ fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&Head
     if let Some(host) = host {
         append_list(headers, &X_FORWARDED_HOST, || Some(host.clone()));
     }
+}
+
+/// `ip` as an `X-Forwarded-For` value. The last one is kept on each thread: a sidecar's clients
+/// are most often one address (the platform's proxy in front), and a kept value costs a
+/// reference count per request where writing it out costs an allocation and its formatting.
+fn forwarded_for(ip: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((kept, value)) if *kept == ip => Some(value.clone()),
+            _ => {
+                let value = format_ip(ip)?;
+                *last = Some((ip, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
+
+fn format_ip(ip: IpAddr) -> Option<HeaderValue> {
+    let mut text = Vec::with_capacity(39);
+    match ip {
+        // By hand: `Display` goes through the formatting machinery, ten times the work.
+        IpAddr::V4(ip) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(b'.');
+                }
+                push_decimal(&mut text, octet);
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(_) => {
+            let _ = write!(text, "{ip}");
+        }
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Appends `byte`'s decimal digits to `text`.
