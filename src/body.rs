@@ -11,7 +11,7 @@
 //!   that looks complete).
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -233,10 +233,6 @@ impl Proxied {
             if self.in_flight.is_none() {
                 return Poll::Ready(None);
             }
-            if let Some(lease) = &mut self.lease {
-                // The body arrives through the connection's IO: drive it.
-                lease.poll_io(cx);
-            }
             if !self.cutting && self.cut.has_come() {
                 self.cutting = true;
             }
@@ -245,7 +241,7 @@ impl Proxied {
                     return Poll::Ready(end);
                 }
             }
-            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            let frame = match self.poll_body(cx) {
                 Poll::Pending => {
                     if !self.cutting && self.cut.poll(cx).is_ready() {
                         self.cutting = true;
@@ -291,6 +287,30 @@ impl Proxied {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
         }
+    }
+
+    /// The backend's next frame. Over a link, the body arrives through the link's IO, which
+    /// only this task drives (in [`Lease::poll_io`]): its channel is filled only while this
+    /// task is running, so it never gets this task's waker, or each chunk would wake the
+    /// connection once for nothing (the channel wakes the receiver on every chunk sent, and
+    /// the link's IO each time a chunk is taken). The link is driven without the waker first,
+    /// so that a chunk already there is taken leaving the waker nowhere; only when none is does
+    /// it get the waker, from its socket, to be woken when the next one comes. Other bodies
+    /// (hyper's pool, the HTTP/2 connection) are filled by another task, which wakes this one.
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(lease) = &mut self.lease else {
+            return Pin::new(&mut self.body).poll_frame(cx);
+        };
+        let noop = &mut Context::from_waker(Waker::noop());
+        lease.poll_io(noop);
+        if let ready @ Poll::Ready(_) = Pin::new(&mut self.body).poll_frame(noop) {
+            return ready;
+        }
+        lease.poll_io(cx);
+        Pin::new(&mut self.body).poll_frame(noop)
     }
 
     /// The backend's body is complete: the request no longer counts as in flight, and its

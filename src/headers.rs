@@ -3,13 +3,14 @@
 //! directions, `Upgrade` carried across, `Host` kept, `X-Forwarded-*` appended, and
 //! `Connection: close` on HTTP/1.1 responses once shutdown has begun.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{request, Request};
+use http::Request;
 use http::{StatusCode, Version};
 
 /// Headers that describe one connection, not the message.
@@ -240,19 +241,22 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Rewrites a client's request head for the backend: hop-by-hop headers go, `Host` stays (an
 /// HTTP/2 client's `:authority` becomes it, else `fallback_host`), an upgrade is asked for
 /// again, and this hop is appended to `X-Forwarded-*`.
-pub fn to_backend(
-    parts: &mut request::Parts,
+///
+/// The request is rewritten where it is, not taken apart and put together again: a request head
+/// is a large value, and each move of it is a copy.
+pub fn to_backend<B>(
+    req: &mut Request<B>,
     remote: SocketAddr,
     upgrade: Option<&HeaderValue>,
     fallback_host: &str,
 ) {
-    let from_header = parts.headers.get(header::HOST).cloned();
+    let from_header = req.headers().get(header::HOST).cloned();
     let had_host = from_header.is_some();
     let host = from_header.or_else(|| {
-        let authority = parts.uri.authority()?;
+        let authority = req.uri().authority()?;
         HeaderValue::from_str(authority.as_str()).ok()
     });
-    let headers = &mut parts.headers;
+    let headers = req.headers_mut();
     let named_removed = remove_hop_by_hop(headers);
     // Only a `Connection` header naming `Host` can have taken it away.
     if !had_host || (named_removed && !headers.contains_key(header::HOST)) {
@@ -385,25 +389,8 @@ fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Appends this hop to `X-Forwarded-For`, `-Proto` and `-Host`, after any values already there.
 fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&HeaderValue>) {
-    let ip = remote.ip().to_canonical();
     append_list(headers, &X_FORWARDED_FOR, || {
-        let mut text = Vec::with_capacity(39);
-        match ip {
-            // By hand: `Display` goes through the formatting machinery, ten times the work.
-            IpAddr::V4(ip) => {
-                for (i, octet) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    push_decimal(&mut text, octet);
-                }
-            }
-            // Writing into a Vec cannot fail.
-            IpAddr::V6(_) => {
-                let _ = write!(text, "{ip}");
-            }
-        }
-        HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+        forwarded_for(remote.ip().to_canonical())
     });
     append_list(headers, &X_FORWARDED_PROTO, || {
         Some(HeaderValue::from_static("http"))
@@ -411,6 +398,46 @@ fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&Head
     if let Some(host) = host {
         append_list(headers, &X_FORWARDED_HOST, || Some(host.clone()));
     }
+}
+
+/// `ip` as an `X-Forwarded-For` value. The last one is kept on each thread: a sidecar's clients
+/// are most often one address (the platform's proxy in front), and a kept value costs a
+/// reference count per request where writing it out costs an allocation and its formatting.
+fn forwarded_for(ip: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((kept, value)) if *kept == ip => Some(value.clone()),
+            _ => {
+                let value = format_ip(ip)?;
+                *last = Some((ip, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
+
+fn format_ip(ip: IpAddr) -> Option<HeaderValue> {
+    let mut text = Vec::with_capacity(39);
+    match ip {
+        // By hand: `Display` goes through the formatting machinery, ten times the work.
+        IpAddr::V4(ip) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(b'.');
+                }
+                push_decimal(&mut text, octet);
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(_) => {
+            let _ = write!(text, "{ip}");
+        }
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Appends `byte`'s decimal digits to `text`.
@@ -704,24 +731,24 @@ mod tests {
 
     #[test]
     fn requests_keep_their_host_and_ask_for_the_upgrade_again() {
-        let req = http::Request::get("http://example.com/x")
+        let mut req = http::Request::get("http://example.com/x")
             .version(Version::HTTP_2)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        let (mut parts, ()) = req.into_parts();
-        let upgrade = upgrade_protocol(&parts.headers);
+        let upgrade = upgrade_protocol(req.headers());
         to_backend(
-            &mut parts,
+            &mut req,
             "127.0.0.1:1".parse().unwrap(),
             upgrade.as_ref(),
             "127.0.0.1:8080",
         );
-        assert_eq!(parts.headers["host"], "example.com");
-        assert_eq!(parts.headers["x-forwarded-host"], "example.com");
-        assert_eq!(parts.headers["upgrade"], "websocket");
-        assert_eq!(parts.headers["connection"], "upgrade");
+        let headers = req.headers();
+        assert_eq!(headers["host"], "example.com");
+        assert_eq!(headers["x-forwarded-host"], "example.com");
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
     }
 
     #[test]

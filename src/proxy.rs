@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
-use crate::admission::{Admission, Admit, InFlight};
+use crate::admission::{Admission, Admit};
 use crate::advisor::RequestKind;
 use crate::backend::{Backend, BackendError};
 use crate::body::{self, Announced, ResponseBody};
@@ -87,55 +87,67 @@ impl Proxy {
 
     /// Answers one request from a client at `remote`. Never fails: every problem becomes a
     /// response.
+    ///
+    /// The request path is two async fns deep (this and [`Proxy::forward`]), not one per step:
+    /// each layer holding the request across an await copies it (and the response on its way
+    /// back) once more, and a request head is a few hundred bytes.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let version = req.version();
-        let mut resp = self.answer(req, remote).await;
+        let mut resp = match self.answer_locally(&req) {
+            Some(resp) => resp,
+            None => {
+                let observation = self.telemetry.observe(req.method(), req.uri().path());
+                let mut resp = match self.forward(req, remote).await {
+                    Ok(resp) => resp,
+                    Err(failure) => {
+                        if let Failure::Backend(err) = &failure {
+                            self.telemetry.record_backend_error(err.code());
+                        }
+                        failure_response(failure)
+                    }
+                };
+                if let Some(mut observation) = observation {
+                    observation.set_status(resp.status());
+                    resp.body_mut().observation = Some(observation);
+                }
+                resp
+            }
+        };
         let status = resp.status();
         let shutting_down = self.phase.get().is_shutting_down();
         headers::close_when_shutting_down(version, shutting_down, status, resp.headers_mut());
         Ok(resp)
     }
 
-    async fn answer(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ResponseBody> {
-        if let Err(err) = headers::check_request(&req) {
-            return client_error(err, req.version());
+    /// The answer to a request that is not the backend's: a broken head, a probe, the metrics.
+    fn answer_locally(&self, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+        if let Err(err) = headers::check_request(req) {
+            return Some(client_error(err, req.version()));
         }
         let path = req.uri().path();
         if path == self.ready_path {
-            return probe(req.method(), self.probes.readiness());
+            return Some(probe(req.method(), self.probes.readiness()));
         }
         if path == self.health_path {
-            return probe(req.method(), self.probes.health());
+            return Some(probe(req.method(), self.probes.health()));
         }
         if self.metrics_path.as_deref() == Some(path) {
             if let Some(exposition) = self.telemetry.render() {
-                return metrics(req.method(), exposition);
+                return Some(metrics(req.method(), exposition));
             }
         }
-        let observation = self.telemetry.observe(req.method(), path);
-        let mut resp = match self.admit_and_forward(req, remote).await {
-            Ok(resp) => resp,
-            Err(failure) => {
-                if let Failure::Backend(err) = &failure {
-                    self.telemetry.record_backend_error(err.code());
-                }
-                failure_response(failure)
-            }
-        };
-        if let Some(mut observation) = observation {
-            observation.set_status(resp.status());
-            resp.body_mut().observation = Some(observation);
-        }
-        resp
+        None
     }
 
-    async fn admit_and_forward(
+    /// Admits the request, rewrites its head for the backend (in place), sends it, and turns
+    /// the backend's response into the client's.
+    async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Failure> {
         let mut in_flight = match self.admission.admit(req.method(), req.uri().path()) {
@@ -159,30 +171,16 @@ impl Proxy {
             }
         };
         slot.map_err(|_| Failure::AtCapacity)?;
-        self.forward(req, remote, in_flight).await
-    }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        remote: SocketAddr,
-        mut in_flight: InFlight,
-    ) -> Result<Response<ResponseBody>, Failure> {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let client_http2 = req.version() == Version::HTTP_2;
-        let (mut parts, body) = req.into_parts();
-        headers::to_backend(
-            &mut parts,
-            remote,
-            upgrade.as_ref(),
-            self.backend.authority(),
-        );
-        debug!(method = %parts.method, uri = %parts.uri, "forwarding");
+        headers::to_backend(&mut req, remote, upgrade.as_ref(), self.backend.authority());
+        debug!(method = %req.method(), uri = %req.uri(), "forwarding");
 
         let sent = tokio::select! {
             biased;
-            sent = self.backend.send(Request::from_parts(parts, body), upgrade.is_some()) => sent,
+            sent = self.backend.send(req, upgrade.is_some()) => sent,
             // The drain deadline came before the backend answered: the client may retry.
             () = self.cut.signal() => {
                 self.cut.count(Ending::Refused);
@@ -190,6 +188,9 @@ impl Proxy {
             }
         };
         let (mut resp, lease) = sent.map_err(Failure::Backend)?;
+        // The head is rewritten in place, and the body swapped in one step (no trip through
+        // `into_parts`): fewer copies of the head.
+        headers::to_client(resp.status(), resp.headers_mut());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(asked)) = (client_upgrade, &upgrade) {
@@ -204,25 +205,17 @@ impl Proxy {
                     in_flight,
                     cut,
                 ));
-                let (mut parts, _) = resp.into_parts();
-                headers::to_client(parts.status, &mut parts.headers);
-                return Ok(Response::from_parts(parts, ResponseBody::empty()));
+                return Ok(resp.map(|_| ResponseBody::empty()));
             }
         }
 
-        let (mut parts, body) = resp.into_parts();
-        headers::to_client(parts.status, &mut parts.headers);
-        let announced = Announced::from_headers(&parts.headers, client_http2);
+        let announced = Announced::from_headers(resp.headers(), client_http2);
         in_flight.set_kind(announced.kind());
-        let body = ResponseBody::proxied(
-            body,
-            in_flight,
-            self.cut.watch(),
-            announced,
-            self.sse_shutdown_event.clone(),
-            lease,
-        );
-        Ok(Response::from_parts(parts, body))
+        let cut = self.cut.watch();
+        let sse_shutdown_event = self.sse_shutdown_event.clone();
+        Ok(resp.map(|body| {
+            ResponseBody::proxied(body, in_flight, cut, announced, sse_shutdown_event, lease)
+        }))
     }
 }
 
