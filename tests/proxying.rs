@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use support::raw::RawConn;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -120,33 +121,28 @@ async fn streamed_events_are_forwarded_as_they_are_written() {
 async fn upgrades_are_tunnelled_after_the_backends_101() {
     let ld = Builder::with_backend().spawn().await;
     ld.wait_ready().await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+    let mut conn = RawConn::open(ld.port).await;
+    conn.send(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .unwrap();
-    stream
-        .write_all(
-            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
+    let head = conn
+        .response()
         .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "connection closed in the head"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+        .expect("connection closed in the head");
+    assert!(
+        head.status_line.to_lowercase().starts_with("http/1.1 101"),
+        "{}",
+        head.status_line
+    );
+    assert!(
+        head.header("upgrade")
+            .is_some_and(|protocol| protocol.eq_ignore_ascii_case("echo")),
+        "{:?}",
+        head.headers
+    );
     for message in [&b"ping"[..], b"second message"] {
-        stream.write_all(message).await.unwrap();
-        let mut echoed = vec![0u8; message.len()];
-        stream.read_exact(&mut echoed).await.unwrap();
-        assert_eq!(echoed, message);
+        conn.send(message).await.unwrap();
+        assert_eq!(conn.bytes(message.len()).await, message);
     }
 }
 

@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
+use support::raw::RawConn;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -187,31 +188,18 @@ async fn upgrades_and_websockets_over_a_unix_socket() {
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
     }
 
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+    let mut conn = RawConn::open(ld.port).await;
+    conn.send(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .unwrap();
-    stream
-        .write_all(
-            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "closed in the head"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    stream.write_all(b"ping").await.unwrap();
-    let mut echoed = [0u8; 4];
-    stream.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"ping");
+    let head = conn.response().await.expect("closed in the head");
+    assert!(
+        head.status_line.to_lowercase().starts_with("http/1.1 101"),
+        "{}",
+        head.status_line
+    );
+    conn.send(b"ping").await.unwrap();
+    assert_eq!(conn.bytes(4).await, b"ping");
 }
 
 #[tokio::test]
