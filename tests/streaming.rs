@@ -10,8 +10,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
+use support::raw::exchange;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -173,16 +173,11 @@ async fn an_h2c_backend_gets_the_clients_authority_with_a_host_that_agrees() {
     assert!(seen.contains("\nhost: test.local:8443\n"), "{seen}");
 
     // An HTTP/1.0 client without Host: the upstream's authority, as `:authority` and `host`.
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+    let reply = exchange(ld.port, b"GET /headers HTTP/1.0\r\n\r\n")
         .await
-        .unwrap();
-    stream
-        .write_all(b"GET /headers HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+        .expect("an answer");
+    // The backend's echo of the request head, each line after a newline.
+    let answer = format!("{}\n{}", reply.status_line, reply.text());
     let upstream = format!("127.0.0.1:{}", ld.upstream_port);
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(

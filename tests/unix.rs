@@ -12,9 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
-use support::raw::RawConn;
+use support::raw::{exchange, RawConn};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// lameduck spawning the test backend on a socket in `dir`.
@@ -83,16 +82,11 @@ async fn a_request_without_host_reaches_a_unix_backend_as_localhost() {
     let ld = builder.spawn().await;
     ld.wait_ready().await;
     // HTTP/1.0 needs no Host; lameduck supplies the upstream's authority, here `localhost`.
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", ld.port))
+    let reply = exchange(ld.port, b"GET /headers HTTP/1.0\r\n\r\n")
         .await
-        .unwrap();
-    stream
-        .write_all(b"GET /headers HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+        .expect("an answer");
+    // The backend's echo of the request head, each line after a newline.
+    let answer = format!("{}\n{}", reply.status_line, reply.text());
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(answer.contains("\nhost: localhost\n"), "{answer}");
 }
