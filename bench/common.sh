@@ -59,7 +59,8 @@ cpu_ticks() {
 NGINX_USER=""
 [[ $EUID -eq 0 ]] && NGINX_USER="user root;" # workers must read $TMP (mode 0700)
 
-# start_nginx_backend: nginx (1 worker) answering `return 200 "ok"` on P_BACKEND.
+# start_nginx_backend [LISTEN]: nginx (1 worker) answering `return 200 "ok"` on P_BACKEND (and on
+# LISTEN too, e.g. `unix:/path`); its master's pid in BACKEND_PID.
 start_nginx_backend() {
   P_BACKEND=$(free_port)
   mkdir -p "$TMP/backend"
@@ -72,10 +73,15 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_BACKEND; location / { return 200 "ok"; } }
+  server {
+    listen 127.0.0.1:$P_BACKEND;
+    ${1:+listen $1;}
+    location / { return 200 "ok"; }
+  }
 }
 CONF
   nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' 2>"$TMP/backend.log" &
+  BACKEND_PID=$!
   PIDS+=($!)
   wait_http "http://127.0.0.1:$P_BACKEND/" || die "the nginx backend did not start"
 }
@@ -134,6 +140,20 @@ to_us() {
 
 # median: the median of the numbers on stdin, one per line.
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# start_lameduck NAME BIN UPSTREAM [ARG...]: BIN with --port 0 in front of UPSTREAM, its log in
+# $TMP/NAME.log; its pid in PIDOF[NAME] and the port it bound (from its `listening` line) in
+# PORT[NAME], once /ready answers 200.
+declare -A PORT PIDOF
+start_lameduck() {
+  local name=$1 bin=$2 upstream=$3 log="$TMP/$1.log"
+  shift 3
+  "$bin" --port 0 --bind 127.0.0.1 --upstream "$upstream" "$@" >"$log" 2>&1 &
+  PIDOF[$name]=$!
+  PIDS+=($!)
+  PORT[$name]=$(lameduck_port "$log")
+  wait_http "http://127.0.0.1:${PORT[$name]}/ready" || die "lameduck $name never became ready"
+}
 
 # lameduck_port LOG [TENTHS]: the port a lameduck started with `--port 0` logged in its
 # `listening` line, waiting for it at most TENTHS tenths of a second (default 100).

@@ -23,18 +23,8 @@ install_missing nginx:nginx-light wrk:wrk curl:curl
 start_nginx_backend
 start_nginx_proxy
 
-# start_lameduck NAME BIN: --port 0, the bound port read from the `listening` line.
-declare -A PORT PIDOF
-start_lameduck() {
-  local log="$TMP/$1.log"
-  "$2" --port 0 --bind 127.0.0.1 --upstream "http://127.0.0.1:$P_BACKEND" >"$log" 2>&1 &
-  PIDOF[$1]=$!
-  PIDS+=($!)
-  PORT[$1]=$(lameduck_port "$log")
-  wait_http "http://127.0.0.1:${PORT[$1]}/ready" || die "$1 never became ready"
-}
-start_lameduck before "$BEFORE"
-start_lameduck after "$AFTER"
+start_lameduck before "$BEFORE" "http://127.0.0.1:$P_BACKEND"
+start_lameduck after "$AFTER" "http://127.0.0.1:$P_BACKEND"
 PORT[nginx]=$P_NGINX
 
 pids_of() {

@@ -100,14 +100,9 @@ CONF
   wait_http "http://127.0.0.1:$port${3:-/}" || { cat "$TMP/$name.log" >&2; die "HAProxy $name did not start"; }
 }
 
-start_lameduck() { # NAME UPSTREAM_PORT
-  local log="$TMP/$1.log"
-  "$LAMEDUCK" --port 0 --bind 127.0.0.1 --upstream "http://127.0.0.1:$2" --grace-period 5s \
-    >"$log" 2>&1 &
-  PID[$1]=$! KIND[$1]=lameduck
-  PIDS+=($!)
-  PORT[$1]=$(lameduck_port "$log")
-  wait_http "http://127.0.0.1:${PORT[$1]}/ready" || die "lameduck $1 never became ready"
+start_lameduck_at() { # NAME UPSTREAM_PORT
+  start_lameduck "$1" "$LAMEDUCK" "http://127.0.0.1:$2" --grace-period 5s
+  PID[$1]=${PIDOF[$1]} KIND[$1]=lameduck
 }
 
 start_test_backend() { # sets P_TEST
@@ -175,7 +170,7 @@ release() { # closes the clients of the last hold, and gives the proxy a second 
 start_nginx_backend
 start_nginx nginx "$P_BACKEND"
 start_haproxy haproxy "$P_BACKEND"
-start_lameduck lameduck "$P_BACKEND"
+start_lameduck_at lameduck "$P_BACKEND"
 TARGETS=(nginx haproxy lameduck)
 for t in "${TARGETS[@]}"; do
   body=$(curl -s -m 5 "http://127.0.0.1:${PORT[$t]}/")
@@ -253,7 +248,7 @@ websocket_memory() {
   start_test_backend
   start_nginx nginx-ws "$P_TEST" /hello
   start_haproxy haproxy-ws "$P_TEST" /hello
-  start_lameduck lameduck-ws "$P_TEST"
+  start_lameduck_at lameduck-ws "$P_TEST"
   for t in nginx-ws haproxy-ws lameduck-ws; do
     wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}/hello" >/dev/null 2>&1
   done
@@ -450,7 +445,7 @@ load
 [[ -n $IDLE_COUNTS ]] && idle_memory
 ((WS_TUNNELS > 0)) && websocket_memory
 if ((STREAM_BYTES > 0)); then
-  [[ -n ${PORT[lameduck-ws]:-} ]] || { start_test_backend; start_lameduck lameduck-ws "$P_TEST"; }
+  [[ -n ${PORT[lameduck-ws]:-} ]] || { start_test_backend; start_lameduck_at lameduck-ws "$P_TEST"; }
   streaming
 fi
 report >"$TMP/report.md"

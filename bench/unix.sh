@@ -22,42 +22,12 @@ if [[ -n ${1:-} ]]; then LAMEDUCK=$1; else build_lameduck; fi
 install_missing nginx:nginx-light wrk:wrk curl:curl
 
 # The backend: one nginx worker, on a TCP port and a Unix socket at once.
-P_BACKEND=$(free_port)
 SOCK="$TMP/backend/app.sock"
-mkdir -p "$TMP/backend"
-cat >"$TMP/backend/nginx.conf" <<CONF
-$NGINX_USER
-worker_processes 1;
-pid $TMP/backend/nginx.pid;
-error_log $TMP/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$P_BACKEND;
-    listen unix:$SOCK;
-    location / { return 200 "ok"; }
-  }
-}
-CONF
-nginx -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' 2>"$TMP/backend.log" &
-BACKEND_PID=$!
-PIDS+=($!)
-wait_http "http://127.0.0.1:$P_BACKEND/" || die "the nginx backend did not start"
+start_nginx_backend "unix:$SOCK"
 curl -s -o /dev/null --unix-socket "$SOCK" http://localhost/ || die "the backend's socket does not answer"
 
-declare -A PORT PIDOF
-start_lameduck() { # NAME UPSTREAM
-  local log="$TMP/$1.log"
-  "$LAMEDUCK" --port 0 --bind 127.0.0.1 --upstream "$2" >"$log" 2>&1 &
-  PIDOF[$1]=$!
-  PIDS+=($!)
-  PORT[$1]=$(lameduck_port "$log")
-  wait_http "http://127.0.0.1:${PORT[$1]}/ready" || die "$1 never became ready"
-}
-start_lameduck tcp "http://127.0.0.1:$P_BACKEND"
-start_lameduck unix "unix:$SOCK"
+start_lameduck tcp "$LAMEDUCK" "http://127.0.0.1:$P_BACKEND"
+start_lameduck unix "$LAMEDUCK" "unix:$SOCK"
 
 per_request() { awk -v d="$1" -v h="$CLK_TCK" -v n="${2:-0}" 'BEGIN {printf "%.1f", n ? 1e6 * d / h / n : 0}'; }
 
