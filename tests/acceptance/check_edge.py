@@ -561,14 +561,8 @@ def main():
     for name, path in (("A", log_a), ("B", log_b)):
         print(f"---- lameduck {name} log ({path})")
         print(c.tail(path, 30), end="")
-    with open(os.path.join(out, "edge.json"), "w") as f:
-        json.dump({"results": [{"check": n, "pass": ok, "detail": d} for n, ok, d in results],
-                   "floods": floods, "bystander": {"http1": h1, "http2": h2},
-                   "rss_kib": [rss_before, rss_after]}, f, indent=1, default=str)
-    failed = [n for n, ok, _ in results if not ok]
-    c.log(f"{len(results) - len(failed)}/{len(results)} checks passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return c.report(out, "edge", results, floods=floods, bystander={"http1": h1, "http2": h2},
+                    rss_kib=[rss_before, rss_after])
 
 
 if __name__ == "__main__":

@@ -147,14 +147,7 @@ def main():
         said = (f"{rec['exception']}: {rec['message']}" if "exception" in rec
                 else rec.get("ended", "?"))
         print(f"  {rec['mode']:12} {said}")
-    with open(os.path.join(out, "sse_endings.json"), "w") as f:
-        json.dump({"openai": openai.__version__,
-                   "results": [{"check": n, "pass": ok, "detail": d} for n, ok, d in results],
-                   "modes": recs}, f, indent=1, default=str)
-    failed = [n for n, ok, _ in results if not ok]
-    c.log(f"{len(results) - len(failed)}/{len(results)} checks passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return c.report(out, "sse_endings", results, openai=openai.__version__, modes=recs)
 
 
 if __name__ == "__main__":

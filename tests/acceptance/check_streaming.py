@@ -579,23 +579,15 @@ def main():
         print(f"---- lameduck {name} log ({log_path})")
         print(c.tail(log_path, 60), end="")
 
-    summary = {
-        "results": [{"check": n, "pass": ok, "detail": d} for n, ok, d in results],
-        "sse": [{k: (v.decode(errors="replace")[-300:] if isinstance(v, bytes) else v)
-                 for k, v in r.items()} for r in sse_recs],
-        "websockets": ws_recs,
-        "waiters": [{k: (v.decode(errors="replace") if isinstance(v, bytes) else v) for k, v in r.items()}
-                    for r in wait_recs],
-        "grpc": grpc_rec,
-        "exit": {"A": [wa.code, rel(wa.exited_at)], "G": [wg.code, rel(wg.exited_at)]},
-    }
-    with open(os.path.join(out, "streaming.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
-
-    failed = [n for n, ok, _ in results if not ok]
-    c.log(f"{len(results) - len(failed)}/{len(results)} checks passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; load {os.getloadavg()}")
-    return 1 if failed else 0
+    return c.report(
+        out, "streaming", results,
+        sse=[{k: (v.decode(errors="replace")[-300:] if isinstance(v, bytes) else v)
+              for k, v in r.items()} for r in sse_recs],
+        websockets=ws_recs,
+        waiters=[{k: (v.decode(errors="replace") if isinstance(v, bytes) else v) for k, v in r.items()}
+                 for r in wait_recs],
+        grpc=grpc_rec,
+        exit={"A": [wa.code, rel(wa.exited_at)], "G": [wg.code, rel(wg.exited_at)]})
 
 
 if __name__ == "__main__":

@@ -346,6 +346,18 @@ def lameduck_argv(port: int, upstream_port: int | str, backend: str, grace: str 
     return argv + ["--"] + backend_argv(backend)
 
 
+def report(out: str, name: str, results: list, **extra) -> int:
+    """Writes OUT/NAME.json (each (check, pass, detail) in RESULTS, then EXTRA), logs how many
+    checks passed (with the load average), and returns the exit status: 1 if any failed."""
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump({"results": [{"check": n, "pass": ok, "detail": d} for n, ok, d in results],
+                   **extra}, f, indent=1, default=str)
+    failed = [n for n, ok, _ in results if not ok]
+    log(f"{len(results) - len(failed)}/{len(results)} checks passed"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; load {os.getloadavg()}")
+    return 1 if failed else 0
+
+
 def tail(path: str, n: int = 40) -> str:
     try:
         with open(path, "r", errors="replace") as f:
