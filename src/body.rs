@@ -96,7 +96,6 @@ enum Shape {
 /// What kind of response a backend's head announces.
 #[derive(Debug, Clone, Copy)]
 pub struct Announced {
-    event_stream: bool,
     /// A gRPC response whose status can reach the client as trailers.
     grpc: bool,
     kind: RequestKind,
@@ -115,8 +114,7 @@ impl Announced {
         };
         let grpc =
             starts(b"application/grpc") && matches!(content_type.get(16), None | Some(b'+' | b';'));
-        let event_stream = starts(b"text/event-stream");
-        let kind = if event_stream {
+        let kind = if starts(b"text/event-stream") {
             RequestKind::EventStream
         } else if grpc {
             RequestKind::Grpc
@@ -124,7 +122,6 @@ impl Announced {
             RequestKind::Request
         };
         Announced {
-            event_stream,
             grpc: grpc && trailers_ok,
             kind,
         }
@@ -160,7 +157,7 @@ impl ResponseBody {
         sse_shutdown_event: Option<Bytes>,
         lease: Option<Lease>,
     ) -> ResponseBody {
-        let shape = if announced.event_stream {
+        let shape = if announced.kind == RequestKind::EventStream {
             Shape::EventStream {
                 held: BytesMut::new(),
                 shutdown_event: sse_shutdown_event,
@@ -507,6 +504,9 @@ mod tests {
             CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
-        assert!(Announced::from_headers(&headers, true).event_stream);
+        assert_eq!(
+            Announced::from_headers(&headers, true).kind(),
+            RequestKind::EventStream
+        );
     }
 }
