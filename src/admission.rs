@@ -56,10 +56,7 @@ pub enum Admit {
 impl Admission {
     /// An admission with a cut of its own and the default options' advisor.
     pub fn for_test(phase: Phases, max_concurrency: usize) -> Arc<Admission> {
-        let config = crate::config::Config::parse_from(["lameduck"]).expect("the defaults parse");
-        let budget = crate::lifecycle::Budget::fit(&config).expect("the defaults fit");
-        let advisor = Arc::new(Advisor::new(&config, &budget));
-        Admission::new(phase, Cut::new(), advisor, max_concurrency)
+        Admission::new(phase, Cut::new(), Advisor::for_test(&[]), max_concurrency)
     }
 }
 

@@ -147,6 +147,15 @@ impl Advisor {
         );
     }
 
+    /// The advisor for lameduck's options `args` (after the program's name), for tests.
+    #[cfg(test)]
+    pub fn for_test(args: &[&str]) -> std::sync::Arc<Advisor> {
+        let config = Config::parse_from(std::iter::once("lameduck").chain(args.iter().copied()))
+            .expect("the options parse");
+        let budget = Budget::fit(&config).expect("the options fit");
+        std::sync::Arc::new(Advisor::new(&config, &budget))
+    }
+
     /// Requests of `kind` that outlived the drain budget.
     pub fn over_budget(&self, kind: RequestKind) -> u64 {
         self.over_budget[kind as usize].load(Relaxed)

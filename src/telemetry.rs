@@ -418,17 +418,12 @@ impl Collector for Readings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::lifecycle::Budget;
     use crate::phase;
 
     /// The parts for `args` (after `lameduck`), and the phase's writer.
     fn parts(args: &[&str]) -> (phase::PhaseWriter, Parts) {
         let (writer, phases) = phase::cell();
-        let config =
-            Config::parse_from(std::iter::once("lameduck").chain(args.iter().copied())).unwrap();
-        let budget = Budget::fit(&config).unwrap();
-        let advisor = Arc::new(Advisor::new(&config, &budget));
+        let advisor = Advisor::for_test(args);
         let cut = Cut::new();
         let admission = Admission::new(phases.clone(), Arc::clone(&cut), Arc::clone(&advisor), 0);
         let parts = Parts {
