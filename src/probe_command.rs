@@ -27,7 +27,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, first_line, Config, ConfigError};
 
 /// The first argument that makes lameduck's executable this probe instead of lameduck.
 pub const NAME: &str = "probe";
@@ -91,14 +91,6 @@ fn command() -> clap::Command {
 fn fail(why: String) -> ExitCode {
     eprintln!("lameduck probe: {why}");
     ExitCode::FAILURE
-}
-
-fn first_line(rendered: &str) -> String {
-    rendered
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("error: invalid arguments")
-        .to_string()
 }
 
 /// Where the probe goes.

@@ -31,6 +31,7 @@ use clap::{ArgAction, Args as _, FromArgMatches as _};
 use http::uri::Authority;
 
 use layers::Layers;
+pub(crate) use source::first_line;
 pub use source::Setting;
 use source::{Resolved, Source};
 

@@ -137,7 +137,7 @@ fn rejected(err: &clap::Error, cmd: &clap::Command) -> Option<(String, String, S
 }
 
 /// The first non-blank line: lameduck's errors are one line.
-pub(super) fn first_line(rendered: &str) -> String {
+pub(crate) fn first_line(rendered: &str) -> String {
     rendered
         .lines()
         .find(|line| !line.trim().is_empty())
