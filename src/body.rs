@@ -11,16 +11,15 @@
 //!   that looks complete).
 
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::admission::InFlight;
 use crate::advisor::RequestKind;
-use crate::backend::Lease;
+use crate::backend::BackendBody;
 use crate::config::{JsonObject, SseShutdownEvent};
 use crate::cut::{CutWatch, Ending};
 use crate::framing::{Boundaries, GrpcMessages};
@@ -68,16 +67,15 @@ enum Kind {
 /// A backend's response body, streamed frame by frame.
 #[derive(Debug)]
 struct Proxied {
-    body: Incoming,
+    /// Given back ([`BackendBody::release`]) when the response is complete: a backend link it
+    /// reads is then free for the next request.
+    body: BackendBody,
     /// Holds the request's in-flight count (and concurrency slot) until the last frame.
     in_flight: Option<InFlight>,
     cut: CutWatch,
     shape: Shape,
     /// The cut has come; the shape is ending the response.
     cutting: bool,
-    /// The kept backend connection carrying this response, if any (see [`crate::backend`]):
-    /// polled here, and given back to its client connection at the end.
-    lease: Option<Lease>,
 }
 
 /// What the response carries, which decides how it can end early.
@@ -150,12 +148,11 @@ impl ResponseBody {
     }
 
     pub fn proxied(
-        body: Incoming,
+        body: BackendBody,
         in_flight: InFlight,
         cut: CutWatch,
         announced: Announced,
         sse_shutdown_event: Option<Bytes>,
-        lease: Option<Lease>,
     ) -> ResponseBody {
         let shape = if announced.kind == RequestKind::EventStream {
             Shape::EventStream {
@@ -173,7 +170,6 @@ impl ResponseBody {
             cut,
             shape,
             cutting: false,
-            lease,
         }))
     }
 }
@@ -238,7 +234,7 @@ impl Proxied {
                     return Poll::Ready(end);
                 }
             }
-            let frame = match self.poll_body(cx) {
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => {
                     if !self.cutting && self.cut.poll(cx).is_ready() {
                         self.cutting = true;
@@ -252,7 +248,7 @@ impl Proxied {
                 }
                 Poll::Ready(Some(Err(err))) => {
                     self.in_flight = None;
-                    return Poll::Ready(Some(Err(err.into())));
+                    return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
@@ -286,38 +282,12 @@ impl Proxied {
         }
     }
 
-    /// The backend's next frame. Over a link, the body arrives through the link's IO, which
-    /// only this task drives (in [`Lease::poll_io`]): its channel is filled only while this
-    /// task is running, so it never gets this task's waker, or each chunk would wake the
-    /// connection once for nothing (the channel wakes the receiver on every chunk sent, and
-    /// the link's IO each time a chunk is taken). The link is driven without the waker first,
-    /// so that a chunk already there is taken leaving the waker nowhere; only when none is does
-    /// it get the waker, from its socket, to be woken when the next one comes. Other bodies
-    /// (hyper's pool, the HTTP/2 connection) are filled by another task, which wakes this one.
-    fn poll_body(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(lease) = &mut self.lease else {
-            return Pin::new(&mut self.body).poll_frame(cx);
-        };
-        let noop = &mut Context::from_waker(Waker::noop());
-        lease.poll_io(noop);
-        if let ready @ Poll::Ready(_) = Pin::new(&mut self.body).poll_frame(noop) {
-            return ready;
-        }
-        lease.poll_io(cx);
-        Pin::new(&mut self.body).poll_frame(noop)
-    }
-
     /// The backend's body is complete: the request no longer counts as in flight, and its
     /// backend connection is free for the client connection's next request. Returns a partial
     /// event still held back, passed on as the backend left it.
     fn complete(&mut self) -> Option<Bytes> {
         self.in_flight = None;
-        if let Some(lease) = self.lease.take() {
-            lease.give_back();
-        }
+        self.body.release();
         match &mut self.shape {
             Shape::EventStream { held, .. } if !held.is_empty() => Some(held.split().freeze()),
             _ => None,

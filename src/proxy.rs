@@ -187,7 +187,7 @@ impl Proxy {
                 return Err(Failure::ShuttingDown);
             }
         };
-        let (mut resp, lease) = sent.map_err(Failure::Backend)?;
+        let mut resp = sent.map_err(Failure::Backend)?;
         // The head is rewritten in place, and the body swapped in one step (no trip through
         // `into_parts`): fewer copies of the head.
         headers::to_client(resp.status(), resp.headers_mut());
@@ -213,9 +213,8 @@ impl Proxy {
         in_flight.set_kind(announced.kind());
         let cut = self.cut.watch();
         let sse_shutdown_event = self.sse_shutdown_event.clone();
-        Ok(resp.map(|body| {
-            ResponseBody::proxied(body, in_flight, cut, announced, sse_shutdown_event, lease)
-        }))
+        Ok(resp
+            .map(|body| ResponseBody::proxied(body, in_flight, cut, announced, sse_shutdown_event)))
     }
 }
 

@@ -1,8 +1,8 @@
 //! The HTTP/1.1 backend connections ("links") of each worker thread, held only while a request
 //! uses them.
 //!
-//! A link is taken for one request and lent to its response ([`Lease`]), whose body drives the
-//! link's IO until the last byte; then it goes back to the idle set of the thread it is on.
+//! A link is taken for one request and lent to its response ([`LinkBody`]), whose body reads
+//! the rest of it; then it goes back to the idle set of the thread it is on.
 //! Each worker thread has its own idle set (a thread-local): only that thread touches it, so
 //! taking and giving back a link costs no lock, no atomic and no wake-up of another thread. The
 //! set keeps at most `--upstream-idle-max` links, most recently used first, and none idle for
@@ -10,107 +10,260 @@
 //! a backend with a connection limit serves any number of idle clients.
 
 use std::cell::RefCell;
-use std::future::Future;
+use std::collections::VecDeque;
+use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::client::conn::TrySendError;
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::{Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use super::dial::Stream;
+use super::h1::{self, Decoder, Head, Step, WireError};
 use super::RequestBody;
+use crate::body::BoxError;
 
 /// An idle link is not reused after this long: typical backends (Node, uvicorn: 5 s) close
 /// theirs soon after, and a request must never be written onto a closing connection.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One HTTP/1.1 connection to the backend, and the future that drives its IO.
+/// How much room each read from the backend is given.
+const READ_SIZE: usize = 16 * 1024;
+
+/// One HTTP/1.1 connection to the backend, spoken by lameduck itself ([`h1`]): the task that
+/// sends a request writes it and reads its response head, and the response body reads the
+/// rest, with no channel and no other task between (as hyper's client connection has).
 #[derive(Debug)]
-pub(super) struct Link<B: Body + 'static> {
-    sender: SendRequest<B>,
-    conn: Option<Connection<TokioIo<Stream>, B>>,
+pub(super) struct Link {
+    io: Stream,
+    /// Bytes read and not yet taken, and room for the next read.
+    read: BytesMut,
+    /// Read, split off `read`, and not yet taken: the start of a response body.
+    pending: Bytes,
+    /// The request head to write, encoded here (and kept to be sent again on a new link).
+    pub(super) head: Vec<u8>,
     last_used: Instant,
+    home: Home,
 }
 
-impl<B> Link<B>
-where
-    B: Body + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    pub(super) fn new(
-        sender: SendRequest<B>,
-        conn: Connection<TokioIo<Stream>, B>,
-    ) -> Box<Link<B>> {
-        // Boxed: the connection is large, and moves between the idle set and each response
-        // body that drives it.
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExchangeError {
+    #[error("the backend closed the connection before answering")]
+    Closed,
+    #[error("the backend closed the connection before the response ended")]
+    Truncated,
+    #[error("the backend connection failed")]
+    Io(#[source] io::Error),
+    #[error("the backend's response is not valid HTTP/1.1")]
+    Wire(#[source] WireError),
+    #[error("the client's request body failed")]
+    ClientBody(#[source] BoxError),
+}
+
+/// A failed exchange, and whether the request can go again on a new link: nothing came back,
+/// and no body was sent, so the backend cannot have acted on more than a head it never answered
+/// (an idle connection the backend closed as the request was written).
+#[derive(Debug)]
+pub(super) struct Failed {
+    pub(super) error: ExchangeError,
+    pub(super) retryable: bool,
+}
+
+impl Link {
+    pub(super) fn new(io: Stream, home: Home) -> Box<Link> {
+        // Boxed: a link moves between the idle set and each response body that reads it.
         Box::new(Link {
-            sender,
-            conn: Some(conn),
+            io,
+            read: BytesMut::new(),
+            pending: Bytes::new(),
+            head: Vec::new(),
             last_used: Instant::now(),
+            home,
         })
     }
 
-    /// Moves the connection's IO along. Returns false once the connection has ended.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = &mut self.conn else {
-            return false;
-        };
-        if Pin::new(conn).poll(cx).is_ready() {
-            self.conn = None;
+    /// Whether a request can be sent now: fresh, and not closed (nor sending anything) since its
+    /// last response. Costs no system call unless the socket has become readable.
+    fn is_ready(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.last_used) >= IDLE_TIMEOUT {
             return false;
         }
-        true
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        let noop = &mut Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.io).poll_read(noop, &mut probe),
+            Poll::Pending
+        )
     }
 
-    /// Whether a request can be sent now: the connection is alive, idle, and fresh.
-    fn is_ready(&mut self, now: Instant) -> bool {
-        // Let the connection notice a close by the backend before trusting it.
-        now.duration_since(self.last_used) < IDLE_TIMEOUT
-            && self.poll_io(&mut Context::from_waker(std::task::Waker::noop()))
-            && self.sender.is_ready()
-    }
-
-    /// Sends `req` and polls the link's IO until the response head arrives.
-    pub(super) async fn drive(
+    /// Writes the request head in [`Link::head`] and then `upload` (if the request has a body),
+    /// reading the response as it comes; returns the response head (informational ones
+    /// skipped), and what is left of the upload. The bytes read after the head are kept for the
+    /// body.
+    pub(super) async fn exchange(
         &mut self,
-        req: Request<B>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
-        // Unconstrained: polled with a no-op waker (below), it must never be the one told to
-        // yield by the runtime's budget, which wakes the waker it is given.
-        let response = tokio::task::unconstrained(self.sender.try_send_request(req));
-        tokio::pin!(response);
-        // The first poll writes the request: its response cannot be there yet.
-        let mut first = true;
+        mut upload: Option<Box<Upload>>,
+        head_request: bool,
+    ) -> Result<(Head, Option<Box<Upload>>), Failed> {
+        let mut written = 0;
+        let mut answered = false;
+        let retryable = upload.is_none();
+        let failed = move |error, answered: bool| Failed {
+            error,
+            retryable: retryable && !answered,
+        };
         std::future::poll_fn(|cx| {
-            // The response arrives through the connection's IO, and only there: drive it, then
-            // look. Once the connection has ended, the response future resolves with its error.
-            // The response's own channel is filled only inside `poll_io`, so it never gets
-            // this task's waker: its answer would wake the task again for nothing, one more
-            // poll of the whole client connection per request.
-            let noop = &mut Context::from_waker(std::task::Waker::noop());
-            // Woken since: first without this task's waker either, so that a response (and a
-            // body) already there is taken without leaving the waker anywhere to be woken for
-            // nothing (the body's channel wakes the connection whenever a chunk is taken, even
-            // once it has ended); the response body drives the connection with the task's
-            // waker from then on.
-            if !std::mem::take(&mut first) {
-                self.poll_io(noop);
-                if let ready @ Poll::Ready(_) = response.as_mut().poll(noop) {
-                    return ready;
+            while written < self.head.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.head[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(failed(ExchangeError::Closed, answered)))
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(err)) => {
+                        return Poll::Ready(Err(failed(ExchangeError::Io(err), answered)))
+                    }
+                    Poll::Pending => break,
                 }
             }
-            // Not there yet: again with this task's waker, to be woken when it comes.
-            self.poll_io(cx);
-            response.as_mut().poll(noop)
+            if written == self.head.len() {
+                if let Some(body) = &mut upload {
+                    match body.poll_send(&mut self.io, cx) {
+                        Poll::Ready(Ok(())) => upload = None,
+                        Poll::Ready(Err(Sending::Client(err))) => {
+                            return Poll::Ready(Err(failed(ExchangeError::ClientBody(err), true)))
+                        }
+                        // The backend stops reading: it may have answered already.
+                        Poll::Ready(Err(Sending::Backend(_))) => {
+                            body.failed = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            loop {
+                if !self.read.is_empty() {
+                    let data = self.read.split().freeze();
+                    match h1::parse_head(&data, head_request) {
+                        Ok(Some((head, len))) => {
+                            let rest = data.slice(len..);
+                            if head.response.status().is_informational() {
+                                self.read.extend_from_slice(&rest);
+                                continue;
+                            }
+                            self.pending = rest;
+                            return Poll::Ready(Ok((head, upload.take())));
+                        }
+                        Ok(None) => self.read.extend_from_slice(&data),
+                        Err(err) => {
+                            return Poll::Ready(Err(failed(ExchangeError::Wire(err), true)))
+                        }
+                    }
+                }
+                self.read.reserve(READ_SIZE);
+                match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)) {
+                    Ok(0) => return Poll::Ready(Err(failed(ExchangeError::Closed, answered))),
+                    Ok(_) => answered = true,
+                    Err(err) => return Poll::Ready(Err(failed(ExchangeError::Io(err), answered))),
+                }
+            }
         })
         .await
+    }
+}
+
+/// A request body on its way to the backend, as the client sends it: as it is after a
+/// `Content-Length`, chunked again otherwise.
+#[derive(Debug)]
+pub(super) struct Upload {
+    body: RequestBody,
+    chunked: bool,
+    /// Encoded and not yet written.
+    queue: VecDeque<Bytes>,
+    ended: bool,
+    /// The backend stopped taking it: the link cannot carry another request.
+    failed: bool,
+}
+
+/// Why an upload stopped.
+enum Sending {
+    Client(BoxError),
+    Backend(#[allow(dead_code)] io::Error),
+}
+
+impl Upload {
+    pub(super) fn new(body: RequestBody, chunked: bool) -> Box<Upload> {
+        Box::new(Upload {
+            body,
+            chunked,
+            queue: VecDeque::new(),
+            ended: false,
+            failed: false,
+        })
+    }
+
+    /// Writes what the client's body gives, as it gives it; ready once all of it is written.
+    fn poll_send(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), Sending>> {
+        if self.failed {
+            return Poll::Pending;
+        }
+        loop {
+            while let Some(front) = self.queue.front_mut() {
+                match ready!(Pin::new(&mut *io).poll_write(cx, front)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(Sending::Backend(io::ErrorKind::WriteZero.into())))
+                    }
+                    Ok(n) if n == front.len() => {
+                        self.queue.pop_front();
+                    }
+                    Ok(n) => bytes::Buf::advance(front, n),
+                    Err(err) => return Poll::Ready(Err(Sending::Backend(err))),
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                }
+                Some(Err(err)) => return Poll::Ready(Err(Sending::Client(err.into()))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        self.queue.push_back(h1::chunk_size_line(data.len()));
+                        self.queue.push_back(data);
+                        self.queue.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(data) => self.queue.push_back(data),
+                    Err(frame) => {
+                        // Trailers end a chunked body; a body of known length has no place
+                        // for them.
+                        if let (true, Some(trailers)) = (self.chunked, frame.trailers_ref()) {
+                            let mut last = b"0\r\n".to_vec();
+                            for (name, value) in trailers {
+                                last.extend_from_slice(name.as_str().as_bytes());
+                                last.extend_from_slice(b": ");
+                                last.extend_from_slice(value.as_bytes());
+                                last.extend_from_slice(b"\r\n");
+                            }
+                            last.extend_from_slice(b"\r\n");
+                            self.queue.push_back(last.into());
+                            self.ended = true;
+                        }
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -128,7 +281,7 @@ pub(super) struct Home {
 #[allow(clippy::vec_box)]
 struct IdleSet {
     backend: u64,
-    links: Vec<Box<Link<RequestBody>>>,
+    links: Vec<Box<Link>>,
 }
 
 thread_local! {
@@ -138,10 +291,7 @@ thread_local! {
 
 /// Runs `f` on this thread's idle set for `backend`. Links `f` evicts are dropped after the
 /// borrow ends (closing a connection must not run inside it).
-fn with_idle<R>(
-    backend: u64,
-    f: impl FnOnce(&mut Vec<Box<Link<RequestBody>>>, &mut Vec<Box<Link<RequestBody>>>) -> R,
-) -> R {
+fn with_idle<R>(backend: u64, f: impl FnOnce(&mut Vec<Box<Link>>, &mut Vec<Box<Link>>) -> R) -> R {
     let mut evicted = Vec::new();
     let result = IDLE.with(|idle| {
         let mut sets = idle.borrow_mut();
@@ -163,7 +313,7 @@ fn with_idle<R>(
 
 /// The most recently used idle link of this thread that can carry a request now. Links found
 /// stale or closed on the way are dropped.
-pub(super) fn take(home: Home) -> Option<Box<Link<RequestBody>>> {
+pub(super) fn take(home: Home) -> Option<Box<Link>> {
     let now = Instant::now();
     with_idle(home.backend, |links, evicted| {
         while let Some(mut link) = links.pop() {
@@ -193,37 +343,127 @@ pub(super) fn sweep(home: Home) {
     });
 }
 
-/// A link lent to one response: its body drives the link's IO, and gives the link back to the
-/// idle set once the response is complete. Dropped before then (the client went away, the cut
-/// came), it closes the connection: a response half read cannot be followed by another.
+/// A response body read from its link, which is lent to it: given back to the idle set once
+/// the response is complete ([`LinkBody::release`]). Dropped before then (the client went away,
+/// the cut came), it closes the connection: a response half read cannot be followed by another.
+/// A request body still on its way is sent as the response is read.
 #[derive(Debug)]
-pub struct Lease {
-    link: Box<Link<RequestBody>>,
-    home: Home,
+pub struct LinkBody {
+    link: Option<Box<Link>>,
+    decoder: Decoder,
+    reusable: bool,
+    upload: Option<Box<Upload>>,
 }
 
-impl Lease {
-    pub(super) fn new(link: Box<Link<RequestBody>>, home: Home) -> Lease {
-        Lease { link, home }
+impl LinkBody {
+    /// The body of the response `head`, read from `link`.
+    pub(super) fn new(
+        link: Box<Link>,
+        head: Head,
+        upload: Option<Box<Upload>>,
+    ) -> Response<LinkBody> {
+        let Head {
+            response,
+            body,
+            reusable,
+        } = head;
+        let mut response = response.map(|()| LinkBody {
+            link: Some(link),
+            decoder: Decoder::new(body),
+            reusable,
+            upload,
+        });
+        // This hop speaks HTTP/1.1 to the client whatever the backend spoke.
+        *response.version_mut() = Version::HTTP_11;
+        response
     }
 
-    /// Moves the connection's IO along (the response body arrives through it).
-    pub fn poll_io(&mut self, cx: &mut Context<'_>) {
-        self.link.poll_io(cx);
-    }
-
-    /// The response is complete: the link is free for this thread's next request.
-    pub fn give_back(self) {
-        let Lease { mut link, home } = self;
-        if home.idle_max == 0 {
+    /// The response is over: a link whose response is complete (its request too, and nothing
+    /// more read after it) goes back to this thread's idle set for its next request.
+    pub fn release(&mut self) {
+        let Some(mut link) = self.link.take() else {
+            return;
+        };
+        let clean = self.decoder.is_done()
+            && self.reusable
+            && self.upload.is_none()
+            && link.pending.is_empty()
+            && link.read.is_empty();
+        let Home { backend, idle_max } = link.home;
+        if !clean || idle_max == 0 {
             return;
         }
         link.last_used = Instant::now();
-        with_idle(home.backend, |links, evicted| {
-            if links.len() >= home.idle_max {
+        with_idle(backend, |links, evicted| {
+            if links.len() >= idle_max {
                 evicted.push(links.remove(0));
             }
             links.push(link);
         });
+    }
+
+    fn fail(&mut self, err: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.link = None;
+        Poll::Ready(Some(Err(err.into())))
+    }
+}
+
+impl Body for LinkBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(link) = this.link.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(upload) = &mut this.upload {
+                match upload.poll_send(&mut link.io, cx) {
+                    Poll::Ready(Ok(())) => this.upload = None,
+                    Poll::Ready(Err(_)) => {
+                        // The backend answers without the rest of the request: the link cannot
+                        // carry another.
+                        this.upload = None;
+                        this.reusable = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match this.decoder.decode(&mut link.pending) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::Trailers(trailers)) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::More) => {}
+                Err(err) => return this.fail(err),
+            }
+            if !link.pending.is_empty() {
+                // A size line or a trailer section cut by a read: it continues with the next.
+                let cut = std::mem::take(&mut link.pending);
+                link.read.extend_from_slice(&cut);
+            }
+            link.read.reserve(READ_SIZE);
+            match ready!(poll_read_buf(Pin::new(&mut link.io), cx, &mut link.read)) {
+                Ok(0) if this.decoder.end_of_connection() => return Poll::Ready(None),
+                Ok(0) => return this.fail(ExchangeError::Truncated),
+                Ok(_) => link.pending = link.read.split().freeze(),
+                Err(err) => return this.fail(err),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.link.is_none() || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

@@ -34,20 +34,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+
+use crate::body::BoxError;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::config::{Protocol, Upstream};
-pub use links::Lease;
-use links::{Home, Link, IDLE_TIMEOUT};
+use h1::Outgoing;
+pub use links::LinkBody;
+use links::{ExchangeError, Home, Link, Upload, IDLE_TIMEOUT};
 
 mod dial;
+mod h1;
 mod h2c;
 mod links;
 
@@ -65,9 +69,9 @@ pub enum BackendError {
     #[error("cannot connect to the backend")]
     Connect(#[source] io::Error),
     #[error("the backend closed the connection before answering")]
-    Closed(#[source] hyper::Error),
+    Closed(#[source] BoxError),
     #[error("the backend's response is not valid HTTP")]
-    BadResponse(#[source] hyper::Error),
+    BadResponse(#[source] BoxError),
     #[error("the backend's response head did not come within {0:?}")]
     ResponseTimeout(Duration),
     #[error("the client's request body is malformed or incomplete")]
@@ -116,11 +120,22 @@ impl BackendError {
         if caused_by_client_body(&err) {
             BackendError::ClientBody(err.into())
         } else if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-            BackendError::BadResponse(err)
+            BackendError::BadResponse(err.into())
         } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-            BackendError::Closed(err)
+            BackendError::Closed(err.into())
         } else {
             BackendError::Failed(err.into())
+        }
+    }
+
+    /// A request over a link failed before its response head.
+    fn from_link(err: ExchangeError) -> BackendError {
+        match err {
+            ExchangeError::ClientBody(err) => BackendError::ClientBody(err),
+            ExchangeError::Wire(_) => BackendError::BadResponse(err.into()),
+            ExchangeError::Closed | ExchangeError::Truncated | ExchangeError::Io(_) => {
+                BackendError::Closed(err.into())
+            }
         }
     }
 
@@ -203,14 +218,13 @@ impl Backend {
     }
 
     /// Sends `req` (its headers already rewritten for the backend) and returns the response
-    /// head, with the link its body must go on driving, if it went over one. `upgrade` says the
-    /// request asks for one. With `--backend-timeout`, a response head that takes longer is an
-    /// error.
+    /// head, its body still to come from the backend. `upgrade` says the request asks for one.
+    /// With `--backend-timeout`, a response head that takes longer is an error.
     pub async fn send(
         &self,
         req: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
+    ) -> Result<Response<BackendBody>, BackendError> {
         let req = req.map(RequestBody);
         match self.response_timeout {
             None => self.route(req, upgrade).await,
@@ -224,18 +238,19 @@ impl Backend {
         &self,
         mut req: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), BackendError> {
+    ) -> Result<Response<BackendBody>, BackendError> {
         let client_http2 = req.version() == Version::HTTP_2;
+        let hyper = |resp: Response<Incoming>| resp.map(BackendBody::Hyper);
         if upgrade {
             *req.version_mut() = Version::HTTP_11;
             *req.uri_mut() = origin_form(req.uri());
-            return self.send_upgrade(req).await.map(|resp| (resp, None));
+            return self.send_upgrade(req).await.map(hyper);
         }
         if self.http2 {
             *req.version_mut() = Version::HTTP_2;
             let authority = self.h2_authority(req.headers_mut());
             *req.uri_mut() = absolute(authority, req.uri());
-            return self.send_h2c(req).await.map(|resp| (resp, None));
+            return self.send_h2c(req).await.map(hyper);
         }
         if client_http2 {
             *req.version_mut() = Version::HTTP_11;
@@ -244,39 +259,43 @@ impl Backend {
             // for every request.
             *req.uri_mut() = absolute(self.upstream.authority.clone(), req.uri());
             let resp = self.pool.request(req).await;
-            return resp
-                .map(|resp| (resp, None))
-                .map_err(BackendError::from_pool);
+            return resp.map(hyper).map_err(BackendError::from_pool);
         }
-        *req.version_mut() = Version::HTTP_11;
-        *req.uri_mut() = origin_form(req.uri());
-        let (resp, link) = self.send_linked(req).await?;
-        Ok((resp, Some(Lease::new(link, self.home))))
+        let resp = self.send_linked(req).await?;
+        Ok(resp.map(BackendBody::Link))
     }
 
-    /// Sends `req` on an idle link of this thread (or a new one), driving the link until the
-    /// response head arrives. A request that a closing link could not take is retried once on a
-    /// new link: it was never written, so sending it again is safe.
+    /// Sends `req` on an idle link of this thread (or a new one) and reads its response head.
+    /// A request without a body that a link closing as it was written got no answer to is sent
+    /// once more, on a new link: the backend cannot have acted on it (see [`links::Failed`]).
     async fn send_linked(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Box<Link<RequestBody>>), BackendError> {
+    ) -> Result<Response<LinkBody>, BackendError> {
         let (reused, mut link) = match links::take(self.home) {
             Some(link) => (true, link),
             None => (false, self.connect().await?),
         };
-        match link.drive(req).await {
-            Ok(resp) => Ok((resp, link)),
-            Err(mut err) => match err.take_message() {
-                Some(req) if reused => {
-                    debug!("the idle backend connection was closing; retrying on a new one");
-                    let mut link = self.connect().await?;
-                    let resp = link.drive(req).await;
-                    let resp = resp.map_err(|err| BackendError::from_hyper(err.into_error()))?;
-                    Ok((resp, link))
-                }
-                _ => Err(BackendError::from_hyper(err.into_error())),
-            },
+        let outgoing = Outgoing::of(&req);
+        h1::encode_head(&req, outgoing, &mut link.head);
+        let head_request = req.method() == Method::HEAD;
+        let upload = match outgoing {
+            Outgoing::Empty => None,
+            _ => Some(Upload::new(req.into_body(), outgoing == Outgoing::Chunked)),
+        };
+        match link.exchange(upload, head_request).await {
+            Ok((head, upload)) => Ok(LinkBody::new(link, head, upload)),
+            Err(failed) if reused && failed.retryable => {
+                debug!(error = %failed.error, "the idle backend connection was closing; retrying on a new one");
+                let mut fresh = self.connect().await?;
+                fresh.head = std::mem::take(&mut link.head);
+                let (head, _) = fresh
+                    .exchange(None, head_request)
+                    .await
+                    .map_err(|failed| BackendError::from_link(failed.error))?;
+                Ok(LinkBody::new(fresh, head, None))
+            }
+            Err(failed) => Err(BackendError::from_link(failed.error)),
         }
     }
 
@@ -359,9 +378,11 @@ impl Backend {
             .body(Empty::<Bytes>::new())
             .map_err(|err| err.to_string())?;
         let answer = async {
-            let mut link = self.connect::<Empty<Bytes>>().await?;
-            let resp = link.drive(req).await;
-            resp.map_err(|err| BackendError::from_hyper(err.into_error()))
+            let mut link = self.connect().await?;
+            h1::encode_head(&req, Outgoing::Empty, &mut link.head);
+            let exchanged = link.exchange(None, false).await;
+            let (head, _) = exchanged.map_err(|failed| BackendError::from_link(failed.error))?;
+            Ok::<_, BackendError>(head.response)
         };
         match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
             Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
@@ -385,17 +406,8 @@ impl Backend {
     }
 
     /// A new HTTP/1.1 link.
-    async fn connect<B>(&self) -> Result<Box<Link<B>>, BackendError>
-    where
-        B: Body + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let stream = self.connect_stream().await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(BackendError::from_hyper)?;
-        Ok(Link::new(sender, conn))
+    async fn connect(&self) -> Result<Box<Link>, BackendError> {
+        Ok(Link::new(self.connect_stream().await?, self.home))
     }
 
     /// Drops this thread's idle links, and its HTTP/2 connection, once they are too old to be
@@ -466,6 +478,53 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// A backend's response body: read from a link by the response's own task, or handed over by
+/// hyper's client (the pool, the HTTP/2 connection, an upgrade's connection).
+#[derive(Debug)]
+pub enum BackendBody {
+    Link(LinkBody),
+    Hyper(Incoming),
+}
+
+impl BackendBody {
+    /// The response is over (complete, or abandoned): a link goes back to the idle set if it
+    /// can carry another request.
+    pub fn release(&mut self) {
+        if let BackendBody::Link(body) = self {
+            body.release();
+        }
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendBody::Link(body) => Pin::new(body).poll_frame(cx),
+            BackendBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Link(body) => body.is_end_stream(),
+            BackendBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Link(body) => body.size_hint(),
+            BackendBody::Hyper(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A client's request body on its way to the backend. Its errors are [`ClientBodyError`]s, so
