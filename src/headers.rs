@@ -273,6 +273,109 @@ pub fn to_backend<B>(
     add_forwarded(headers, remote, host.as_ref());
 }
 
+/// The head [`to_backend`] makes of `req` (one that asks for no upgrade), given field by field
+/// without changing `req`: `field(name, value)` for each, the value the concatenation of its
+/// parts. A request head is written out once this way, where rewriting its map first and then
+/// writing it out walked it twice and moved its fields around. Returns false, having given
+/// nothing, for a head that cannot be rewritten in passing (a `Connection` header naming other
+/// headers): [`to_backend`] it first, then it can.
+pub fn visit_for_backend<B>(
+    req: &Request<B>,
+    remote: SocketAddr,
+    fallback_host: &str,
+    mut field: impl FnMut(&[u8], &[&[u8]]),
+) -> bool {
+    let headers = req.headers();
+    let mut connection = false;
+    let mut forwarded = [false; 3];
+    let mut host_header = None;
+    // A first pass over the names alone (no output yet), to refuse before giving anything.
+    for (name, value) in headers {
+        match hop_index(name) {
+            Some(0) => connection |= !is_usual_connection_token(value.as_bytes().trim_ascii()),
+            Some(_) => {}
+            None if name == header::HOST && host_header.is_none() => {
+                host_header = Some(value.as_bytes());
+            }
+            None => {}
+        }
+    }
+    if connection && connection_tokens(headers).any(|token| !is_usual_connection_token(token)) {
+        return false;
+    }
+    for (name, value) in headers {
+        match hop_index(name) {
+            Some(HOPS) if value.as_bytes().eq_ignore_ascii_case(b"trailers") => {}
+            Some(_) => continue,
+            None => {}
+        }
+        if let Some(index) = forwarded_index(name) {
+            forwarded[index] = true;
+            continue;
+        }
+        field(name.as_str().as_bytes(), &[value.as_bytes()]);
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().as_bytes());
+    let host = host_header.or(authority);
+    if host_header.is_none() {
+        field(b"host", &[host.unwrap_or(fallback_host.as_bytes())]);
+    }
+    let ip = forwarded_for(remote.ip().to_canonical());
+    let hop: [Option<&[u8]>; 3] = [ip.as_ref().map(HeaderValue::as_bytes), Some(b"http"), host];
+    for (index, name) in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(this_hop) = hop[index] else {
+            continue;
+        };
+        if !forwarded[index] {
+            field(name.as_str().as_bytes(), &[this_hop]);
+            continue;
+        }
+        let mut list = Vec::with_capacity(64);
+        for existing in headers.get_all(name) {
+            list.extend_from_slice(existing.as_bytes());
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(this_hop);
+        field(name.as_str().as_bytes(), &[&list]);
+    }
+    true
+}
+
+/// Where a header name is among the `X-Forwarded-*` this hop appends to.
+fn forwarded_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "x-forwarded-for" => Some(0),
+        "x-forwarded-proto" => Some(1),
+        "x-forwarded-host" => Some(2),
+        _ => None,
+    }
+}
+
+/// Whether a response field goes no further than this hop (what [`to_client`] removes, but
+/// the headers a `Connection` header names: see [`connection_names`]).
+pub fn is_hop_by_hop(name: &HeaderName, value: &[u8]) -> bool {
+    match hop_index(name) {
+        Some(HOPS) => !value.eq_ignore_ascii_case(b"trailers"),
+        Some(_) => true,
+        None => false,
+    }
+}
+
+/// The header names a `Connection` value names (beside `keep-alive`, `close`, `upgrade`), which
+/// go no further than this hop either.
+pub fn connection_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty() && !is_usual_connection_token(token))
+}
+
 /// Rewrites a backend's response head for the client: hop-by-hop headers go, and a 101 keeps
 /// the upgrade it agreed to.
 pub fn to_client(status: StatusCode, headers: &mut HeaderMap) {
@@ -749,6 +852,111 @@ mod tests {
         assert_eq!(headers["x-forwarded-host"], "example.com");
         assert_eq!(headers["upgrade"], "websocket");
         assert_eq!(headers["connection"], "upgrade");
+    }
+
+    /// The head written out in passing is the head `to_backend` makes, field for field (values
+    /// of one name joined as a list), for every kind of head it takes.
+    #[test]
+    fn a_head_rewritten_in_passing_is_the_head_rewritten_in_its_map() {
+        let heads: &[(&str, &[(&str, &str)])] = &[
+            ("/", &[("host", "a.example"), ("user-agent", "x")]),
+            (
+                "/",
+                &[
+                    ("host", "a"),
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "5"),
+                ],
+            ),
+            (
+                "/",
+                &[
+                    ("host", "a"),
+                    ("te", "trailers"),
+                    ("trailer", "x"),
+                    ("upgrade", "h2c"),
+                ],
+            ),
+            (
+                "/",
+                &[("host", "a"), ("te", "gzip"), ("proxy-authorization", "p")],
+            ),
+            (
+                "/",
+                &[
+                    ("host", "a"),
+                    ("x-forwarded-for", "10.0.0.1"),
+                    ("x-forwarded-for", "10.0.0.2"),
+                ],
+            ),
+            (
+                "/",
+                &[
+                    ("host", "a"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "b"),
+                ],
+            ),
+            ("http://c.example:81/p", &[]),
+            ("/", &[]),
+            (
+                "/",
+                &[
+                    ("host", "a"),
+                    ("transfer-encoding", "chunked"),
+                    ("content-length", "1"),
+                ],
+            ),
+        ];
+        let remote: SocketAddr = "[::ffff:10.1.2.3]:9".parse().unwrap();
+        for (target, fields) in heads {
+            let mut req = http::Request::get(*target).body(()).unwrap();
+            for (name, value) in *fields {
+                req.headers_mut().append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let mut visited: Vec<(String, String)> = Vec::new();
+            let given = visit_for_backend(&req, remote, "up:1", |name, value| {
+                let value: Vec<u8> = value.concat();
+                visited.push((
+                    String::from_utf8(name.to_vec()).unwrap(),
+                    String::from_utf8(value).unwrap(),
+                ));
+            });
+            assert!(given, "{fields:?}");
+            to_backend(&mut req, remote, None, "up:1");
+            let mut rewritten: Vec<(String, String)> = Vec::new();
+            for name in req.headers().keys() {
+                let values: Vec<&str> = req
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap())
+                    .collect();
+                rewritten.push((name.to_string(), values.join(", ")));
+            }
+            let mut joined: Vec<(String, String)> = Vec::new();
+            for (name, value) in visited {
+                match joined.iter_mut().find(|(seen, _)| *seen == name) {
+                    Some((_, values)) => *values = format!("{values}, {value}"),
+                    None => joined.push((name, value)),
+                }
+            }
+            joined.sort();
+            rewritten.sort();
+            assert_eq!(joined, rewritten, "{target} {fields:?}");
+        }
+
+        let named = http::Request::get("/")
+            .header("host", "a")
+            .header("connection", "close, x-secret")
+            .body(())
+            .unwrap();
+        assert!(!visit_for_backend(&named, remote, "up:1", |_, _| panic!(
+            "given a field"
+        )));
     }
 
     #[test]

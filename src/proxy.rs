@@ -175,12 +175,11 @@ impl Proxy {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let client_http2 = req.version() == Version::HTTP_2;
-        headers::to_backend(&mut req, remote, upgrade.as_ref(), self.backend.authority());
         debug!(method = %req.method(), uri = %req.uri(), "forwarding");
 
         let sent = tokio::select! {
             biased;
-            sent = self.backend.send(req, upgrade.is_some()) => sent,
+            sent = self.backend.send(req, remote, upgrade.as_ref()) => sent,
             // The drain deadline came before the backend answered: the client may retry.
             () = self.cut.signal() => {
                 self.cut.count(Ending::Refused);
@@ -188,9 +187,6 @@ impl Proxy {
             }
         };
         let mut resp = sent.map_err(Failure::Backend)?;
-        // The head is rewritten in place, and the body swapped in one step (no trip through
-        // `into_parts`): fewer copies of the head.
-        headers::to_client(resp.status(), resp.headers_mut());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(asked)) = (client_upgrade, &upgrade) {

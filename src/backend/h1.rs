@@ -5,10 +5,14 @@
 //! Nothing here does IO: the link feeds it bytes and writes what it encodes, so every rule is
 //! tested on bytes alone.
 
+use std::net::SocketAddr;
+
 use bytes::{Buf, Bytes};
 use http::header::TRANSFER_ENCODING;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{Request, Response, StatusCode, Version};
+
+use crate::headers;
 
 /// The largest response head (or trailer section) read from the backend: a backend that sends
 /// more is broken (nginx's `proxy_buffer_size` allows 4 or 8 KiB; real heads are well under).
@@ -54,8 +58,16 @@ impl Outgoing {
     }
 }
 
-/// Writes `req`'s head into `out` (emptied first), in origin form, as HTTP/1.1.
-pub(super) fn encode_head<B>(req: &Request<B>, body: Outgoing, out: &mut Vec<u8>) {
+/// Writes `req`'s head into `out` (emptied first), in origin form, as HTTP/1.1. With `hop` (the
+/// client's address, and the `Host` to send if the client gave none), the head is rewritten for
+/// the backend on its way out ([`headers::visit_for_backend`]); returns false, having written
+/// nothing, for a head that must be rewritten first ([`headers::to_backend`]).
+pub(super) fn encode_head<B>(
+    req: &Request<B>,
+    body: Outgoing,
+    hop: Option<(SocketAddr, &str)>,
+    out: &mut Vec<u8>,
+) -> bool {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -65,16 +77,32 @@ pub(super) fn encode_head<B>(req: &Request<B>, body: Outgoing, out: &mut Vec<u8>
         .map_or("/", |target| target.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
+    let mut field = |name: &[u8], value: &[&[u8]]| {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        for part in value {
+            out.extend_from_slice(part);
+        }
         out.extend_from_slice(b"\r\n");
+    };
+    match hop {
+        Some((remote, fallback_host)) => {
+            if !headers::visit_for_backend(req, remote, fallback_host, field) {
+                out.clear();
+                return false;
+            }
+        }
+        None => {
+            for (name, value) in req.headers() {
+                field(name.as_str().as_bytes(), &[value.as_bytes()]);
+            }
+        }
     }
     if body == Outgoing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    true
 }
 
 /// The size line of a chunk of `len` bytes.
@@ -135,6 +163,8 @@ pub(super) fn parse_head(
     let mut transfer_coded = false;
     let mut chunked = false;
     let (mut close, mut keep_alive) = (false, false);
+    // The headers `Connection` names (hardly ever any).
+    let mut named = Vec::new();
     for field in parsed.headers.iter() {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| WireError::Field("name"))?;
@@ -160,8 +190,17 @@ pub(super) fn parse_head(
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+            let others = headers::connection_names(field.value);
+            named.extend(others.filter_map(|name| HeaderName::from_bytes(name).ok()));
         }
-        headers.append(name, value);
+        // The head is the client's once these are gone (what `headers::to_client` does to
+        // hyper's responses).
+        if !headers::is_hop_by_hop(&name, field.value) {
+            headers.append(name, value);
+        }
+    }
+    for name in named {
+        headers.remove(name);
     }
     let mut reusable = !close && (version == Version::HTTP_11 || keep_alive);
     let body = if head_request
@@ -416,7 +455,7 @@ mod tests {
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
         let mut out = Vec::new();
-        encode_head(&req, Outgoing::Chunked, &mut out);
+        assert!(encode_head(&req, Outgoing::Chunked, None, &mut out));
         assert_eq!(
             out,
             b"POST /a?b=c HTTP/1.1\r\nhost: x\r\nx-two: 1\r\nx-two: 2\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -466,6 +505,16 @@ mod tests {
         assert_eq!(head_response.unwrap().unwrap().0.body, Framing::Empty);
         let informational = head("HTTP/1.1 100 Continue\r\n\r\n").unwrap().unwrap().0;
         assert!(informational.response.status().is_informational());
+
+        // The client gets the head without what belonged to this hop.
+        let hop = head(concat!(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\n",
+            "Transfer-Encoding: chunked\r\nTE: trailers\r\nX-Keep: 2\r\n\r\n"
+        ));
+        let hop = hop.unwrap().unwrap().0;
+        let names: Vec<&str> = hop.response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-keep", "te"]);
+        assert_eq!((hop.body, hop.reusable), (Framing::Chunked, true));
 
         assert!(head("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
         assert!(head("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());

@@ -26,6 +26,7 @@
 //! client's fault, not the backend's.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
@@ -46,6 +47,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::config::{Protocol, Upstream};
+use crate::headers;
 use h1::Outgoing;
 pub use links::LinkBody;
 use links::{ExchangeError, Home, Link, Upload, IDLE_TIMEOUT};
@@ -217,18 +219,20 @@ impl Backend {
         self.upstream.authority.as_str()
     }
 
-    /// Sends `req` (its headers already rewritten for the backend) and returns the response
-    /// head, its body still to come from the backend. `upgrade` says the request asks for one.
-    /// With `--backend-timeout`, a response head that takes longer is an error.
+    /// Sends the request of a client at `remote` and returns the response head, its body still
+    /// to come from the backend. Both heads are rewritten on the way (`headers::to_backend`,
+    /// `headers::to_client`). `upgrade`: the protocol the request asks to upgrade to. With
+    /// `--backend-timeout`, a response head that takes longer is an error.
     pub async fn send(
         &self,
         req: Request<Incoming>,
-        upgrade: bool,
+        remote: SocketAddr,
+        upgrade: Option<&HeaderValue>,
     ) -> Result<Response<BackendBody>, BackendError> {
         let req = req.map(RequestBody);
         match self.response_timeout {
-            None => self.route(req, upgrade).await,
-            Some(limit) => tokio::time::timeout(limit, self.route(req, upgrade))
+            None => self.route(req, remote, upgrade).await,
+            Some(limit) => tokio::time::timeout(limit, self.route(req, remote, upgrade))
                 .await
                 .map_err(|_| BackendError::ResponseTimeout(limit))?,
         }
@@ -237,32 +241,41 @@ impl Backend {
     async fn route(
         &self,
         mut req: Request<RequestBody>,
-        upgrade: bool,
+        remote: SocketAddr,
+        upgrade: Option<&HeaderValue>,
     ) -> Result<Response<BackendBody>, BackendError> {
         let client_http2 = req.version() == Version::HTTP_2;
-        let hyper = |resp: Response<Incoming>| resp.map(BackendBody::Hyper);
-        if upgrade {
+        if !self.http2 && !client_http2 && upgrade.is_none() {
+            // Rewritten as it is written out.
+            let resp = self.send_linked(req, remote).await?;
+            return Ok(resp.map(BackendBody::Link));
+        }
+        headers::to_backend(&mut req, remote, upgrade, self.authority());
+        let resp = if upgrade.is_some() {
             *req.version_mut() = Version::HTTP_11;
             *req.uri_mut() = origin_form(req.uri());
-            return self.send_upgrade(req).await.map(hyper);
-        }
-        if self.http2 {
+            self.send_upgrade(req).await?
+        } else if self.http2 {
             *req.version_mut() = Version::HTTP_2;
             let authority = self.h2_authority(req.headers_mut());
             *req.uri_mut() = absolute(authority, req.uri());
-            return self.send_h2c(req).await.map(hyper);
-        }
-        if client_http2 {
+            self.send_h2c(req).await?
+        } else {
             *req.version_mut() = Version::HTTP_11;
             // hyper-util sends HTTP/1.1 in origin form, keeping the `Host` already there: the
             // authority only keys the pool, so the upstream's keeps one set of idle connections
             // for every request.
             *req.uri_mut() = absolute(self.upstream.authority.clone(), req.uri());
-            let resp = self.pool.request(req).await;
-            return resp.map(hyper).map_err(BackendError::from_pool);
-        }
-        let resp = self.send_linked(req).await?;
-        Ok(resp.map(BackendBody::Link))
+            self.pool
+                .request(req)
+                .await
+                .map_err(BackendError::from_pool)?
+        };
+        let mut resp = resp.map(BackendBody::Hyper);
+        // The head is rewritten in place, and the body swapped in one step (no trip through
+        // `into_parts`): fewer copies of the head.
+        headers::to_client(resp.status(), resp.headers_mut());
+        Ok(resp)
     }
 
     /// Sends `req` on an idle link of this thread (or a new one) and reads its response head.
@@ -270,14 +283,19 @@ impl Backend {
     /// once more, on a new link: the backend cannot have acted on it (see [`links::Failed`]).
     async fn send_linked(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
+        remote: SocketAddr,
     ) -> Result<Response<LinkBody>, BackendError> {
         let (reused, mut link) = match links::take(self.home) {
             Some(link) => (true, link),
             None => (false, self.connect().await?),
         };
         let outgoing = Outgoing::of(&req);
-        h1::encode_head(&req, outgoing, &mut link.head);
+        let hop = Some((remote, self.authority()));
+        if !h1::encode_head(&req, outgoing, hop, &mut link.head) {
+            headers::to_backend(&mut req, remote, None, self.authority());
+            h1::encode_head(&req, outgoing, None, &mut link.head);
+        }
         let head_request = req.method() == Method::HEAD;
         let upload = match outgoing {
             Outgoing::Empty => None,
@@ -379,7 +397,7 @@ impl Backend {
             .map_err(|err| err.to_string())?;
         let answer = async {
             let mut link = self.connect().await?;
-            h1::encode_head(&req, Outgoing::Empty, &mut link.head);
+            h1::encode_head(&req, Outgoing::Empty, None, &mut link.head);
             let exchanged = link.exchange(None, false).await;
             let (head, _) = exchanged.map_err(|failed| BackendError::from_link(failed.error))?;
             Ok::<_, BackendError>(head.response)
