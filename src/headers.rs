@@ -185,7 +185,22 @@ pub fn is_chunked_alone(value: &[u8]) -> bool {
 /// `Authority::host` ends it (at the first `:`, or after the `]` of an IPv6 literal), found in
 /// one pass over the bytes rather than its string searches.
 fn is_host_and_port(authority: &Authority) -> bool {
-    let text = authority.as_str().as_bytes();
+    is_host_and_port_text(authority.as_str().as_bytes())
+}
+
+/// Whether a raw `Host` value is plainly valid: `host[:port]` of letters, digits, `.-_~`, and
+/// brackets around an IPv6 literal, as nearly every client sends. False says only "not plainly":
+/// [`check_request`] then decides, on the parsed head.
+pub fn is_plain_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.iter().all(|&byte| {
+            byte.is_ascii_alphanumeric()
+                || matches!(byte, b'.' | b'-' | b'_' | b'~' | b':' | b'[' | b']')
+        })
+        && is_host_and_port_text(value)
+}
+
+fn is_host_and_port_text(text: &[u8]) -> bool {
     // User info: the host would start after it.
     if text.contains(&b'@') {
         return false;
@@ -283,29 +298,49 @@ pub fn visit_for_backend<B>(
     req: &Request<B>,
     remote: SocketAddr,
     fallback_host: &str,
+    field: impl FnMut(&[u8], &[&[u8]]),
+) -> bool {
+    let fields = || {
+        req.headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().as_bytes());
+    visit_fields_for_backend(fields, authority, remote, fallback_host, field)
+}
+
+/// [`visit_for_backend`] for a head given as its fields (`fields()` walks them; names in any
+/// case, as a client sent them) and its target's authority, if any.
+pub fn visit_fields_for_backend<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
+    fields: impl Fn() -> I,
+    authority: Option<&[u8]>,
+    remote: SocketAddr,
+    fallback_host: &str,
     mut field: impl FnMut(&[u8], &[&[u8]]),
 ) -> bool {
-    let headers = req.headers();
     let mut connection = false;
     let mut forwarded = [false; 3];
     let mut host_header = None;
-    // A first pass over the names alone (no output yet), to refuse before giving anything.
-    for (name, value) in headers {
-        match hop_index(name) {
-            Some(0) => connection |= !is_usual_connection_token(value.as_bytes().trim_ascii()),
+    // A first pass (no output yet), to refuse before giving anything.
+    for (name, value) in fields() {
+        match hop_index_of(name) {
+            Some(0) => connection |= connection_names(value).next().is_some(),
             Some(_) => {}
-            None if name == header::HOST && host_header.is_none() => {
-                host_header = Some(value.as_bytes());
+            None if host_header.is_none() && name.eq_ignore_ascii_case(b"host") => {
+                host_header = Some(value);
             }
             None => {}
         }
     }
-    if connection && connection_tokens(headers).any(|token| !is_usual_connection_token(token)) {
+    if connection {
         return false;
     }
-    for (name, value) in headers {
-        match hop_index(name) {
-            Some(HOPS) if value.as_bytes().eq_ignore_ascii_case(b"trailers") => {}
+    for (name, value) in fields() {
+        match hop_index_of(name) {
+            Some(HOPS) if value.eq_ignore_ascii_case(b"trailers") => {}
             Some(_) => continue,
             None => {}
         }
@@ -313,12 +348,8 @@ pub fn visit_for_backend<B>(
             forwarded[index] = true;
             continue;
         }
-        field(name.as_str().as_bytes(), &[value.as_bytes()]);
+        field(name, &[value]);
     }
-    let authority = req
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().as_bytes());
     let host = host_header.or(authority);
     if host_header.is_none() {
         field(b"host", &[host.unwrap_or(fallback_host.as_bytes())]);
@@ -332,29 +363,31 @@ pub fn visit_for_backend<B>(
         let Some(this_hop) = hop[index] else {
             continue;
         };
+        let name = name.as_str().as_bytes();
         if !forwarded[index] {
-            field(name.as_str().as_bytes(), &[this_hop]);
+            field(name, &[this_hop]);
             continue;
         }
         let mut list = Vec::with_capacity(64);
-        for existing in headers.get_all(name) {
-            list.extend_from_slice(existing.as_bytes());
+        for (_, existing) in fields().filter(|(other, _)| other.eq_ignore_ascii_case(name)) {
+            list.extend_from_slice(existing);
             list.extend_from_slice(b", ");
         }
         list.extend_from_slice(this_hop);
-        field(name.as_str().as_bytes(), &[&list]);
+        field(name, &[&list]);
     }
     true
 }
 
-/// Where a header name is among the `X-Forwarded-*` this hop appends to.
-fn forwarded_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "x-forwarded-for" => Some(0),
-        "x-forwarded-proto" => Some(1),
-        "x-forwarded-host" => Some(2),
-        _ => None,
+/// Where a header name (in any case) is among the `X-Forwarded-*` this hop appends to.
+fn forwarded_index(name: &[u8]) -> Option<usize> {
+    if name.len() < 15 || !name[..12].eq_ignore_ascii_case(b"x-forwarded-") {
+        return None;
     }
+    let rest = &name[12..];
+    [&b"for"[..], b"proto", b"host"]
+        .iter()
+        .position(|suffix| rest.eq_ignore_ascii_case(suffix))
 }
 
 /// Whether a response field goes no further than this hop (what [`to_client`] removes, but
@@ -405,16 +438,30 @@ pub fn close_when_shutting_down(
 /// Where a header name is in [`HOP_BY_HOP`], or [`HOPS`] for `TE`: one string match (a jump on
 /// the length, then one comparison at most) rather than a comparison with each name.
 fn hop_index(name: &HeaderName) -> Option<usize> {
-    let index = match name.as_str() {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "trailer" => 5,
-        "transfer-encoding" => 6,
-        "upgrade" => 7,
-        "te" => HOPS,
+    hop_index_of(name.as_str().as_bytes())
+}
+
+/// [`hop_index`] for a name in any case, as a client sent it.
+fn hop_index_of(name: &[u8]) -> Option<usize> {
+    // Most names are none of these: the length alone tells, without a comparison.
+    if !matches!(name.len(), 2 | 7 | 10 | 16 | 17 | 18 | 19) {
+        return None;
+    }
+    let mut lower = [0u8; 19];
+    let lower = &mut lower[..name.len()];
+    for (slot, byte) in lower.iter_mut().zip(name) {
+        *slot = byte.to_ascii_lowercase();
+    }
+    let index = match &*lower {
+        b"connection" => 0,
+        b"keep-alive" => 1,
+        b"proxy-connection" => 2,
+        b"proxy-authenticate" => 3,
+        b"proxy-authorization" => 4,
+        b"trailer" => 5,
+        b"transfer-encoding" => 6,
+        b"upgrade" => 7,
+        b"te" => HOPS,
         _ => return None,
     };
     Some(index)

@@ -12,16 +12,16 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
-use crate::admission::{Admission, Admit};
+use crate::admission::{Admission, Admit, InFlight};
 use crate::advisor::RequestKind;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendBody, BackendError};
 use crate::body::{self, Announced, ResponseBody};
 use crate::config::Config;
 use crate::cut::{Cut, Ending};
 use crate::headers;
 use crate::phase::Phases;
 use crate::probes::{Answer, Probes};
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::{self, Observation, Telemetry};
 use crate::tunnel;
 
 /// What a refused client is told to wait before retrying, in seconds.
@@ -97,30 +97,127 @@ impl Proxy {
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let version = req.version();
-        let mut resp = match self.answer_locally(&req) {
+        let resp = match self.answer_locally(&req) {
             Some(resp) => resp,
             None => {
                 let observation = self.telemetry.observe(req.method(), req.uri().path());
-                let mut resp = match self.forward(req, remote).await {
-                    Ok(resp) => resp,
-                    Err(failure) => {
-                        if let Failure::Backend(err) = &failure {
-                            self.telemetry.record_backend_error(err.code());
-                        }
-                        failure_response(failure)
-                    }
-                };
-                if let Some(mut observation) = observation {
-                    observation.set_status(resp.status());
-                    resp.body_mut().observation = Some(observation);
-                }
-                resp
+                let forwarded = self.forward(req, remote).await;
+                self.answer(forwarded, observation)
             }
         };
+        Ok(self.close_when_shutting_down(version, resp))
+    }
+
+    /// Answers a request without a body that the server read itself (`server::plain`), its
+    /// head already written for the backend (`Backend::encode_head`) into `head`, which is left
+    /// with a buffer for the next. The same path as [`Proxy::handle`]'s, without a
+    /// `Request` to carry the head.
+    pub async fn handle_head(
+        &self,
+        method: &Method,
+        path: &str,
+        head: &mut Vec<u8>,
+        head_request: bool,
+    ) -> Response<ResponseBody> {
+        let observation = self.telemetry.observe(method, path);
+        debug!(%method, path, "forwarding");
+        let forwarded = async {
+            let in_flight = self.admit(method, path).await?;
+            let sent = tokio::select! {
+                biased;
+                sent = self.backend.send_head(head, head_request) => sent,
+                () = self.cut.signal() => {
+                    self.cut.count(Ending::Refused);
+                    return Err(Failure::ShuttingDown);
+                }
+            };
+            let resp = sent.map_err(Failure::Backend)?;
+            Ok(self.respond(resp, in_flight, false))
+        };
+        let resp = self.answer(forwarded.await, observation);
+        self.close_when_shutting_down(Version::HTTP_11, resp)
+    }
+
+    /// Whether `path` is one of lameduck's own endpoints.
+    pub fn is_local(&self, path: &str) -> bool {
+        path == self.ready_path
+            || path == self.health_path
+            || self.metrics_path.as_deref() == Some(path)
+    }
+
+    /// The response to a forwarded request, a failure's included, observed if telemetry is on.
+    fn answer(
+        &self,
+        forwarded: Result<Response<ResponseBody>, Failure>,
+        observation: Option<Observation>,
+    ) -> Response<ResponseBody> {
+        let mut resp = match forwarded {
+            Ok(resp) => resp,
+            Err(failure) => {
+                if let Failure::Backend(err) = &failure {
+                    self.telemetry.record_backend_error(err.code());
+                }
+                failure_response(failure)
+            }
+        };
+        if let Some(mut observation) = observation {
+            observation.set_status(resp.status());
+            resp.body_mut().observation = Some(observation);
+        }
+        resp
+    }
+
+    fn close_when_shutting_down(
+        &self,
+        version: Version,
+        mut resp: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
         let status = resp.status();
         let shutting_down = self.phase.get().is_shutting_down();
         headers::close_when_shutting_down(version, shutting_down, status, resp.headers_mut());
-        Ok(resp)
+        resp
+    }
+
+    /// Admits a request, waiting for the backend to start and for a concurrency slot, if need
+    /// be (not past the cut).
+    async fn admit(&self, method: &Method, path: &str) -> Result<InFlight, Failure> {
+        let mut in_flight = match self.admission.admit(method, path) {
+            Admit::Now(in_flight) => in_flight,
+            // Held while the backend starts, but no longer than a client would queue.
+            Admit::AfterStartup(in_flight) => {
+                match self.phase.wait_started(self.queue_timeout).await {
+                    None => return Err(Failure::Starting),
+                    Some(phase) if !phase.admits() => return Err(Failure::ShuttingDown),
+                    Some(_) => in_flight,
+                }
+            }
+            Admit::Refused => return Err(Failure::ShuttingDown),
+        };
+        let slot = tokio::select! {
+            biased;
+            slot = self.admission.take_slot(&mut in_flight, self.queue_timeout) => slot,
+            () = self.cut.signal() => {
+                self.cut.count(Ending::Refused);
+                return Err(Failure::ShuttingDown);
+            }
+        };
+        slot.map_err(|_| Failure::AtCapacity)?;
+        Ok(in_flight)
+    }
+
+    /// The client's response to a backend's (not an upgrade's): its body carries the request's
+    /// in-flight count to its end, and ends the way its kind must at the cut.
+    fn respond(
+        &self,
+        resp: Response<BackendBody>,
+        mut in_flight: InFlight,
+        client_http2: bool,
+    ) -> Response<ResponseBody> {
+        let announced = Announced::from_headers(resp.headers(), client_http2);
+        in_flight.set_kind(announced.kind());
+        let cut = self.cut.watch();
+        let sse_shutdown_event = self.sse_shutdown_event.clone();
+        resp.map(|body| ResponseBody::proxied(body, in_flight, cut, announced, sse_shutdown_event))
     }
 
     /// The answer to a request that is not the backend's: a broken head, a probe, the metrics.
@@ -150,27 +247,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let mut in_flight = match self.admission.admit(req.method(), req.uri().path()) {
-            Admit::Now(in_flight) => in_flight,
-            // Held while the backend starts, but no longer than a client would queue.
-            Admit::AfterStartup(in_flight) => {
-                match self.phase.wait_started(self.queue_timeout).await {
-                    None => return Err(Failure::Starting),
-                    Some(phase) if !phase.admits() => return Err(Failure::ShuttingDown),
-                    Some(_) => in_flight,
-                }
-            }
-            Admit::Refused => return Err(Failure::ShuttingDown),
-        };
-        let slot = tokio::select! {
-            biased;
-            slot = self.admission.take_slot(&mut in_flight, self.queue_timeout) => slot,
-            () = self.cut.signal() => {
-                self.cut.count(Ending::Refused);
-                return Err(Failure::ShuttingDown);
-            }
-        };
-        slot.map_err(|_| Failure::AtCapacity)?;
+        let mut in_flight = self.admit(req.method(), req.uri().path()).await?;
 
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -205,12 +282,7 @@ impl Proxy {
             }
         }
 
-        let announced = Announced::from_headers(resp.headers(), client_http2);
-        in_flight.set_kind(announced.kind());
-        let cut = self.cut.watch();
-        let sse_shutdown_event = self.sse_shutdown_event.clone();
-        Ok(resp
-            .map(|body| ResponseBody::proxied(body, in_flight, cut, announced, sse_shutdown_event)))
+        Ok(self.respond(resp, in_flight, client_http2))
     }
 }
 

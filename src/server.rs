@@ -14,6 +14,7 @@
 //! flood protections with explicit limits, and a GOAWAY after `--idle-timeout` without a request.
 
 mod edge;
+mod plain;
 
 use std::convert::Infallible;
 use std::io;
@@ -308,34 +309,91 @@ async fn connection(
             }
         }
     });
-    let io = EdgeIo::new(stream, prefix, Arc::clone(&activity), http2);
-    let mut conn = if http2 {
-        let io = TokioIo::new(io);
-        Serving::Http2(Box::pin(protocols.http2.serve_connection(io, service)))
-    } else {
-        Serving::http1(&protocols, &activity, io, service)
-    };
+    let mut watch = Watch::new(&activity, http2);
+    if http2 {
+        let io = TokioIo::new(EdgeIo::new(stream, prefix, Arc::clone(&activity), true));
+        let conn = Serving::Http2(Box::pin(protocols.http2.serve_connection(io, service)));
+        hyper_serves(conn, remote, &served, &mut phase, &mut watch).await;
+        return;
+    }
 
+    // HTTP/1: plain requests are served without hyper (`plain`); from the first that is not,
+    // hyper serves the connection, until it is idle again and gives it back.
+    let (mut stream, mut read, mut service) = (stream, prefix, Some(service));
+    loop {
+        watch.close_when_idle(true);
+        let plain = plain::serve(
+            plain::Conn {
+                stream: &mut stream,
+                shared: &shared,
+                activity: &activity,
+                phase: &mut phase,
+                remote,
+                served: &served,
+            },
+            read,
+        );
+        let outcome = tokio::select! {
+            outcome = plain => outcome,
+            expiry = std::future::poll_fn(|cx| watch.poll_expiry(cx)) => {
+                log_expiry(remote, expiry);
+                return;
+            }
+        };
+        let plain::Outcome::Hyper(unread) = outcome else {
+            return;
+        };
+        watch.close_when_idle(false);
+        let Some(taken) = service.take() else {
+            return;
+        };
+        let io = EdgeIo::new(stream, unread, Arc::clone(&activity), false);
+        let conn = Serving::http1(&protocols, &activity, io, taken);
+        let Some((io, unread, given_back)) =
+            hyper_serves(conn, remote, &served, &mut phase, &mut watch).await
+        else {
+            return;
+        };
+        debug!(%remote, "idle connection parked");
+        service = Some(given_back);
+        (stream, read) = io.into_parts();
+        // Bytes hyper read and did not use come first; else the next request is waited for.
+        if !unread.is_empty() {
+            read = unread;
+        }
+    }
+}
+
+/// Runs hyper's connection until it ends (`None`), or gives its socket back to be parked (an
+/// HTTP/1 connection gone idle: see `edge`). When the drain stops admitting, a connection that
+/// has already served a request (an idle keep-alive one, or one busy with a response) is closed
+/// gracefully: at once if idle, after the current response otherwise. A connection that has not
+/// sent its first request yet is left to send it, and gets an answer (a 503, or a probe's) before
+/// it closes: closing it unanswered would fail a request the client had every right to make.
+async fn hyper_serves<S>(
+    mut conn: Serving<S>,
+    remote: SocketAddr,
+    served: &AtomicBool,
+    phase: &mut Subscription,
+    watch: &mut Watch,
+) -> Option<(EdgeIo, Bytes, S)>
+where
+    S: HttpService<Incoming, ResBody = Tracked> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let http2 = matches!(conn, Serving::Http2(_));
     let mut closing = false;
     // Once the connection is told to go away: when it is dropped if it has not closed by then.
     let mut dropping_at: Option<tokio::time::Instant> = None;
-    let mut watch = Watch::new(&activity, http2);
     loop {
         let expiry = tokio::select! {
             result = &mut conn => {
                 if let Err(err) = result {
                     debug!(%remote, error = %err, "connection ended with an error");
-                    return;
+                    return None;
                 }
-                let Some((mut io, unread, service)) = conn.into_parked() else {
-                    return;
-                };
-                debug!(%remote, "idle connection parked");
-                if !park(&mut io, unread, &activity, &mut phase).await {
-                    return;
-                }
-                conn = Serving::http1(&protocols, &activity, io, service);
-                continue;
+                return conn.into_parked();
             }
             changed = phase.changed(), if !closing => {
                 let draining = changed.is_err() || phase.borrow_and_update() >= Phase::Draining;
@@ -346,16 +404,12 @@ async fn connection(
                 continue;
             }
             expiry = std::future::poll_fn(|cx| watch.poll_expiry(cx)), if dropping_at.is_none() => expiry,
-            () = sleep_until(dropping_at), if dropping_at.is_some() => return,
+            () = sleep_until(dropping_at), if dropping_at.is_some() => return None,
         };
-        match expiry {
-            Expiry::Stalled => debug!(%remote, "the client accepts no response data; closing"),
-            Expiry::Idle => debug!(%remote, "idle connection; closing"),
-            Expiry::Flood => info!(%remote, "HTTP/2 control frame flood; closing the connection"),
-        }
+        log_expiry(remote, expiry);
         if !http2 {
             // The client does not read: nothing graceful would reach it.
-            return;
+            return None;
         }
         conn.graceful_shutdown();
         closing = true;
@@ -363,34 +417,11 @@ async fn connection(
     }
 }
 
-/// Waits, without hyper and its buffers, for the next request of a parked connection: true once
-/// it comes (or the client closes, which the next hyper sees), false to close the connection
-/// (idle for `--idle-timeout` since its last response, or the drain has begun).
-async fn park(
-    io: &mut EdgeIo,
-    unread: Bytes,
-    activity: &Activity,
-    phase: &mut Subscription,
-) -> bool {
-    if phase.borrow_and_update() >= Phase::Draining {
-        return false;
-    }
-    let idle_until = activity.parked_until();
-    let readable = io.readable(unread);
-    tokio::pin!(readable);
-    loop {
-        tokio::select! {
-            ready = &mut readable => return ready.is_ok(),
-            () = sleep_until(idle_until) => {
-                debug!("idle keep-alive connection closed");
-                return false;
-            }
-            changed = phase.changed() => {
-                if changed.is_err() || phase.borrow_and_update() >= Phase::Draining {
-                    return false;
-                }
-            }
-        }
+fn log_expiry(remote: SocketAddr, expiry: Expiry) {
+    match expiry {
+        Expiry::Stalled => debug!(%remote, "the client accepts no response data; closing"),
+        Expiry::Idle => debug!(%remote, "idle connection; closing"),
+        Expiry::Flood => info!(%remote, "HTTP/2 control frame flood; closing the connection"),
     }
 }
 

@@ -364,8 +364,10 @@ async fn an_idle_connection_parks_and_serves_its_next_requests_as_before() {
     let waited = conn.closed().await;
     assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
     ld.expect_exit(0).await;
+    // The plain requests are served without hyper (and never park); the head in two pieces is
+    // hyper's, and its connection parks once it has answered.
     let parked = ld.log().matches("idle connection parked").count();
-    assert!(parked >= 3, "parked {parked} times:\n{}", ld.log());
+    assert!(parked >= 1, "parked {parked} times:\n{}", ld.log());
 }
 
 #[tokio::test]

@@ -68,14 +68,43 @@ pub(super) fn encode_head<B>(
     hop: Option<(SocketAddr, &str)>,
     out: &mut Vec<u8>,
 ) -> bool {
-    out.clear();
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
+    let method = req.method().as_str().as_bytes();
     let target = req
         .uri()
         .path_and_query()
         .map_or("/", |target| target.as_str());
-    out.extend_from_slice(target.as_bytes());
+    let written = encode_fields(method, target.as_bytes(), out, |field| match hop {
+        Some((remote, fallback_host)) => {
+            headers::visit_for_backend(req, remote, fallback_host, field)
+        }
+        None => {
+            for (name, value) in req.headers() {
+                field(name.as_str().as_bytes(), &[value.as_bytes()]);
+            }
+            true
+        }
+    });
+    if written && body == Outgoing::Chunked {
+        // Before the empty line that ends the head.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    }
+    written
+}
+
+/// Writes a request head into `out` (emptied first): the request line, the fields `visit`
+/// gives to the function it is handed, and the empty line. Returns false, with `out` empty, if
+/// `visit` does.
+pub(super) fn encode_fields(
+    method: &[u8],
+    target: &[u8],
+    out: &mut Vec<u8>,
+    visit: impl FnOnce(&mut dyn FnMut(&[u8], &[&[u8]])) -> bool,
+) -> bool {
+    out.clear();
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut field = |name: &[u8], value: &[&[u8]]| {
         out.extend_from_slice(name);
@@ -85,21 +114,9 @@ pub(super) fn encode_head<B>(
         }
         out.extend_from_slice(b"\r\n");
     };
-    match hop {
-        Some((remote, fallback_host)) => {
-            if !headers::visit_for_backend(req, remote, fallback_host, field) {
-                out.clear();
-                return false;
-            }
-        }
-        None => {
-            for (name, value) in req.headers() {
-                field(name.as_str().as_bytes(), &[value.as_bytes()]);
-            }
-        }
-    }
-    if body == Outgoing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    if !visit(&mut field) {
+        out.clear();
+        return false;
     }
     out.extend_from_slice(b"\r\n");
     true

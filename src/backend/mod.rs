@@ -278,35 +278,92 @@ impl Backend {
         Ok(resp)
     }
 
-    /// Sends `req` on an idle link of this thread (or a new one) and reads its response head.
-    /// A request without a body that a link closing as it was written got no answer to is sent
-    /// once more, on a new link: the backend cannot have acted on it (see [`links::Failed`]).
+    /// Whether requests go over links ([`Backend::send_head`] then serves heads without a body).
+    pub fn takes_heads(&self) -> bool {
+        !self.http2
+    }
+
+    /// Writes the head of a request without a body that lameduck read itself (`server::plain`)
+    /// into `out`, rewritten for the backend as [`headers::to_backend`] would, for
+    /// [`Backend::send_head`]. `fields()` walks the client's fields, as it sent them. Returns
+    /// false for a head that cannot be rewritten in passing (see
+    /// [`headers::visit_fields_for_backend`]).
+    pub fn encode_head<'a, I>(
+        &self,
+        method: &[u8],
+        target: &[u8],
+        fields: impl Fn() -> I,
+        remote: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> bool
+    where
+        I: Iterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        h1::encode_fields(method, target, out, |field| {
+            headers::visit_fields_for_backend(fields, None, remote, self.authority(), field)
+        })
+    }
+
+    /// Sends a request head [`Backend::encode_head`] wrote (taking it; `head` is left with a
+    /// buffer for the next), for a request without a body, and returns the response head.
+    pub async fn send_head(
+        &self,
+        head: &mut Vec<u8>,
+        head_request: bool,
+    ) -> Result<Response<BackendBody>, BackendError> {
+        let exchange = self.exchange(head, None, head_request);
+        let resp = match self.response_timeout {
+            None => exchange.await,
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .map_err(|_| BackendError::ResponseTimeout(limit))?,
+        };
+        Ok(resp?.map(BackendBody::Link))
+    }
+
+    /// Sends `req` on a link, its head rewritten as it is written out.
     async fn send_linked(
         &self,
         mut req: Request<RequestBody>,
         remote: SocketAddr,
     ) -> Result<Response<LinkBody>, BackendError> {
-        let (reused, mut link) = match links::take(self.home) {
-            Some(link) => (true, link),
-            None => (false, self.connect().await?),
-        };
         let outgoing = Outgoing::of(&req);
+        let mut head = Vec::new();
         let hop = Some((remote, self.authority()));
-        if !h1::encode_head(&req, outgoing, hop, &mut link.head) {
+        if !h1::encode_head(&req, outgoing, hop, &mut head) {
             headers::to_backend(&mut req, remote, None, self.authority());
-            h1::encode_head(&req, outgoing, None, &mut link.head);
+            h1::encode_head(&req, outgoing, None, &mut head);
         }
         let head_request = req.method() == Method::HEAD;
         let upload = match outgoing {
             Outgoing::Empty => None,
             _ => Some(Upload::new(req.into_body(), outgoing == Outgoing::Chunked)),
         };
+        self.exchange(&mut head, upload, head_request).await
+    }
+
+    /// Sends the request `head` (and `upload`, its body) on an idle link of this thread (or a
+    /// new one) and reads its response head. `head` is swapped with the link's own buffer: no
+    /// copy, and the caller is left with a buffer for its next head. A request without a body
+    /// that a link closing as it was written got no answer to is sent once more, on a new link:
+    /// the backend cannot have acted on it (see [`links::Failed`]).
+    async fn exchange(
+        &self,
+        head: &mut Vec<u8>,
+        upload: Option<Box<Upload>>,
+        head_request: bool,
+    ) -> Result<Response<LinkBody>, BackendError> {
+        let (reused, mut link) = match links::take(self.home) {
+            Some(link) => (true, link),
+            None => (false, self.connect().await?),
+        };
+        std::mem::swap(&mut link.head, head);
         match link.exchange(upload, head_request).await {
             Ok((head, upload)) => Ok(LinkBody::new(link, head, upload)),
             Err(failed) if reused && failed.retryable => {
                 debug!(error = %failed.error, "the idle backend connection was closing; retrying on a new one");
                 let mut fresh = self.connect().await?;
-                fresh.head = std::mem::take(&mut link.head);
+                std::mem::swap(&mut fresh.head, &mut link.head);
                 let (head, _) = fresh
                     .exchange(None, head_request)
                     .await

@@ -134,8 +134,6 @@ struct State {
     /// Windows opened so far; the first is the connection's first request.
     windows: u64,
     action: Option<Action>,
-    /// Since when the connection has been idle, once parked.
-    parked_since: Option<Instant>,
     /// The timer behind the head windows, kept from one to the next (see [`HeadWait`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -162,7 +160,6 @@ impl Activity {
                 window: None,
                 windows: 0,
                 action: None,
-                parked_since: None,
                 timer: None,
             }),
             attention: AtomicBool::new(false),
@@ -190,6 +187,15 @@ impl Activity {
         RequestGuard {
             activity: Arc::clone(self),
             waiting: false,
+        }
+    }
+
+    /// A request was served without hyper: hyper's next head window is not the connection's
+    /// first (whose deadline counts from the connection's start).
+    pub(super) fn skip_window(&self) {
+        let mut state = self.state();
+        if state.windows == 0 {
+            state.windows = 1;
         }
     }
 
@@ -260,14 +266,6 @@ impl Activity {
         })
     }
 
-    /// When a parked connection is closed as idle: `--idle-timeout` after its last response.
-    pub(super) fn parked_until(&self) -> Option<tokio::time::Instant> {
-        let since = self.state().parked_since?;
-        Some(tokio::time::Instant::from_std(
-            since + self.limits.idle_timeout,
-        ))
-    }
-
     fn set_action(&self, action: Action) {
         let mut state = self.state();
         if action == Action::Park {
@@ -288,8 +286,7 @@ impl Activity {
         self.attention.store(self.flooded.load(Relaxed), Relaxed);
         if action == Some(Action::Park) {
             // Only a connection whose next head has not started can do without hyper.
-            let window = state.window.filter(|window| !window.head_started)?;
-            state.parked_since = window.opened;
+            state.window.filter(|window| !window.head_started)?;
         }
         action
     }
@@ -304,7 +301,7 @@ impl Activity {
 #[derive(Debug)]
 pub(super) struct Watch {
     activity: Arc<Activity>,
-    http2: bool,
+    idles: bool,
     /// The next check, every `every` (later if the task was late for one, as an interval's
     /// missed ticks are delayed). Polled only when it has gone off or has never been polled
     /// since it was set: the connection's task (the only one that polls it) is woken anyway,
@@ -329,7 +326,7 @@ impl Watch {
         let first = tokio::time::Instant::from_std(activity.accepted) + every;
         Watch {
             activity: Arc::clone(activity),
-            http2,
+            idles: http2,
             checks: Box::pin(tokio::time::sleep_until(first)),
             every,
             armed: false,
@@ -337,6 +334,13 @@ impl Watch {
             idle: 0,
             stalled: 0,
         }
+    }
+
+    /// Whether the connection is closed once idle for the idle timeout: while lameduck serves
+    /// it without hyper, and always over HTTP/2 (hyper's HTTP/1 server waits for heads in
+    /// windows with their own deadlines instead).
+    pub(super) fn close_when_idle(&mut self, on: bool) {
+        self.idles = on;
     }
 
     /// Resolves when the connection must close, and why.
@@ -371,7 +375,7 @@ impl Watch {
                 a.requests.load(Relaxed) == 0 && now.0 == self.seen.0 && now.1 == self.seen.1;
             let waiting = a.waiting_on_client.load(Relaxed) > 0 && now.2 == self.seen.2;
             self.seen = now;
-            self.idle = if self.http2 && quiet {
+            self.idle = if self.idles && quiet {
                 self.idle + 1
             } else {
                 0
@@ -1002,21 +1006,14 @@ impl EdgeIo {
         }
     }
 
+    /// The socket, and the bytes read from it that were meant for hyper and it never read.
+    pub(super) fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.stream, self.prefix)
+    }
+
     /// Whether hyper gave this socket back to be parked, rather than because it is done.
     pub(super) fn is_parked(&self) -> bool {
         self.parked
-    }
-
-    /// Waits, without hyper, until the client sends its next request (or closes); `unread`:
-    /// bytes hyper had read and not used, for the next hyper to read first.
-    pub(super) async fn readable(&mut self, unread: Bytes) -> io::Result<()> {
-        if unread.is_empty() {
-            self.stream.readable().await?;
-        } else {
-            self.prefix = unread;
-        }
-        self.parked = false;
-        Ok(())
     }
 
     /// Answers `err` on a connection no hyper has taken over yet, and closes it.
