@@ -202,7 +202,12 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Local(bytes) => bytes.is_none(),
-            Kind::Proxied(proxied) => proxied.in_flight.is_none(),
+            // A plain body that is over (one that cannot have data, say) is, whether or not its
+            // end has been read: hyper then asks no more, and sends what its length says.
+            Kind::Proxied(proxied) => {
+                proxied.in_flight.is_none()
+                    || (matches!(proxied.shape, Shape::Plain) && proxied.body.is_end_stream())
+            }
         }
     }
 

@@ -13,8 +13,9 @@ use http::uri::{Authority, Scheme};
 use http::Request;
 use http::{StatusCode, Version};
 
-/// Headers that describe one connection, not the message.
-const HOPS: usize = 8;
+/// Headers that describe one connection, not the message. (`Trailer` is not one: it says which
+/// trailer fields follow, end to end, RFC 9110 §6.6.2.)
+const HOPS: usize = 7;
 /// `Connection` first: the headers it names go too.
 const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
@@ -22,7 +23,6 @@ const HOP_BY_HOP: [HeaderName; HOPS] = [
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -458,9 +458,8 @@ fn hop_index_of(name: &[u8]) -> Option<usize> {
         b"proxy-connection" => 2,
         b"proxy-authenticate" => 3,
         b"proxy-authorization" => 4,
-        b"trailer" => 5,
-        b"transfer-encoding" => 6,
-        b"upgrade" => 7,
+        b"transfer-encoding" => 5,
+        b"upgrade" => 6,
         b"te" => HOPS,
         _ => return None,
     };

@@ -219,6 +219,11 @@ pub(super) fn parse_head(
     for name in named {
         headers.remove(name);
     }
+    if transfer_coded {
+        // The chunks frame the body: a length beside them must not reach the client (RFC 9112
+        // §6.3), who would take it for the body's.
+        headers.remove(CONTENT_LENGTH);
+    }
     let mut reusable = !close && (version == Version::HTTP_11 || keep_alive);
     let body = if head_request
         || status.is_informational()

@@ -408,6 +408,14 @@ impl LinkBody {
     }
 }
 
+impl Drop for LinkBody {
+    /// A body its reader drops once it has all it needs (hyper drops a body it may not send,
+    /// or after its trailers) still gives a clean link back.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Body for LinkBody {
     type Data = Bytes;
     type Error = BoxError;

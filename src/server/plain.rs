@@ -70,6 +70,8 @@ struct Parsed {
     /// The client asked to close after this request.
     close: bool,
     head_request: bool,
+    /// The client takes trailer fields (`TE: trailers`).
+    trailers: bool,
 }
 
 /// Serves the connection's plain requests, starting with `read` (bytes already read), until one
@@ -188,6 +190,7 @@ fn parse(buf: &[u8], shared: &Shared, remote: SocketAddr, out: &mut Vec<u8>) -> 
     }
     let mut hosts = 0;
     let mut close = false;
+    let mut trailers = false;
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
@@ -197,6 +200,11 @@ fn parse(buf: &[u8], shared: &Shared, remote: SocketAddr, out: &mut Vec<u8>) -> 
                 if !headers::is_plain_host(value) {
                     return None;
                 }
+            }
+            2 if name.eq_ignore_ascii_case(b"te") => {
+                trailers |= value
+                    .split(|&byte| byte == b',')
+                    .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
             6 if name.eq_ignore_ascii_case(b"expect") => return None,
             7 if name.eq_ignore_ascii_case(b"upgrade") => return None,
@@ -238,6 +246,7 @@ fn parse(buf: &[u8], shared: &Shared, remote: SocketAddr, out: &mut Vec<u8>) -> 
         len,
         close,
         head_request: method == "HEAD",
+        trailers,
     })
 }
 
@@ -312,7 +321,7 @@ async fn respond(
 
     // The head goes out with the body's first data when that is there already: one write for
     // most responses.
-    let mut ended = false;
+    let (mut ended, mut trailed) = (false, false);
     while !ended {
         // What the body has ready now, without waiting; then, if nothing, wait for it.
         let mut frame = Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()));
@@ -325,7 +334,7 @@ async fn respond(
             Poll::Pending => {}
             Poll::Ready(None) => {
                 ended = true;
-                if framing == Framing::Chunked {
+                if framing == Framing::Chunked && !trailed {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
             }
@@ -334,6 +343,22 @@ async fn respond(
             Poll::Ready(Some(Err(_))) => {
                 let _ = write(stream, &mut request, out, None).await;
                 return false;
+            }
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                // The last chunk carries them, to a client that takes them.
+                if let (Some(fields), Framing::Chunked, true) =
+                    (frame.trailers_ref(), framing, parsed.trailers)
+                {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in fields {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    trailed = true;
+                }
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Ok(data), false) = (frame.into_data(), framing == Framing::None) {
@@ -349,7 +374,6 @@ async fn respond(
                         out.extend_from_slice(b"\r\n");
                     }
                 }
-                // Trailers have no way to an HTTP/1.1 client that did not ask for them.
             }
         }
         let chunked_large = framing == Framing::Chunked && large.is_some();
