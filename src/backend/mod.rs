@@ -304,14 +304,19 @@ impl Backend {
         })
     }
 
-    /// Sends a request head [`Backend::encode_head`] wrote (taking it; `head` is left with a
-    /// buffer for the next), for a request without a body, and returns the response head.
+    /// Sends a request head [`Backend::encode_head`] wrote, for a request without a body, and
+    /// returns the response head. `head` changes places with the link's own buffer: no copy,
+    /// and the caller is left with a buffer for its next head.
     pub async fn send_head(
         &self,
         head: &mut Vec<u8>,
         head_request: bool,
     ) -> Result<Response<BackendBody>, BackendError> {
-        let exchange = self.exchange(head, None, head_request);
+        let exchange = async {
+            let (reused, mut link) = self.take_link().await?;
+            std::mem::swap(&mut link.head, head);
+            self.exchange(reused, link, None, head_request).await
+        };
         let resp = match self.response_timeout {
             None => exchange.await,
             Some(limit) => tokio::time::timeout(limit, exchange)
@@ -327,37 +332,40 @@ impl Backend {
         mut req: Request<RequestBody>,
         remote: SocketAddr,
     ) -> Result<Response<LinkBody>, BackendError> {
+        let (reused, mut link) = self.take_link().await?;
         let outgoing = Outgoing::of(&req);
-        let mut head = Vec::new();
         let hop = Some((remote, self.authority()));
-        if !h1::encode_head(&req, outgoing, hop, &mut head) {
+        if !h1::encode_head(&req, outgoing, hop, &mut link.head) {
             headers::to_backend(&mut req, remote, None, self.authority());
-            h1::encode_head(&req, outgoing, None, &mut head);
+            h1::encode_head(&req, outgoing, None, &mut link.head);
         }
         let head_request = req.method() == Method::HEAD;
         let upload = match outgoing {
             Outgoing::Empty => None,
             _ => Some(Upload::new(req.into_body(), outgoing == Outgoing::Chunked)),
         };
-        self.exchange(&mut head, upload, head_request).await
+        self.exchange(reused, link, upload, head_request).await
     }
 
-    /// Sends the request `head` (and `upload`, its body) on an idle link of this thread (or a
-    /// new one) and reads its response head. `head` is swapped with the link's own buffer: no
-    /// copy, and the caller is left with a buffer for its next head. A request without a body
-    /// that a link closing as it was written got no answer to is sent once more, on a new link:
-    /// the backend cannot have acted on it (see [`links::Failed`]).
+    /// An idle link of this thread, or a new one; and whether it was idle.
+    async fn take_link(&self) -> Result<(bool, Box<Link>), BackendError> {
+        match links::take(self.home) {
+            Some(link) => Ok((true, link)),
+            None => Ok((false, self.connect().await?)),
+        }
+    }
+
+    /// Sends the request head in `link` (and `upload`, its body) and reads its response head.
+    /// A request without a body that a link closing as it was written (`reused`: one that was
+    /// idle) got no answer to is sent once more, on a new link: the backend cannot have acted on
+    /// it (see [`links::Failed`]).
     async fn exchange(
         &self,
-        head: &mut Vec<u8>,
+        reused: bool,
+        mut link: Box<Link>,
         upload: Option<Box<Upload>>,
         head_request: bool,
     ) -> Result<Response<LinkBody>, BackendError> {
-        let (reused, mut link) = match links::take(self.home) {
-            Some(link) => (true, link),
-            None => (false, self.connect().await?),
-        };
-        std::mem::swap(&mut link.head, head);
         match link.exchange(upload, head_request).await {
             Ok((head, upload)) => Ok(LinkBody::new(link, head, upload)),
             Err(failed) if reused && failed.retryable => {
