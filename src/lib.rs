@@ -25,12 +25,12 @@
 //! - [`child`]: spawn the backend in its own process group with a parent-death signal, forward
 //!   signals, stop it, reap.
 //! - [`limits`]: the open-file limit, raised for lameduck and given back to the child.
-//! - [`server`]: the accept loop, one single-threaded worker per core, and each connection's
-//!   graceful close.
+//! - [`server`]: the accept loop, one single-threaded worker per core, each connection's
+//!   graceful close, and the plain requests it serves without hyper.
 //! - [`proxy`]: the request path: local endpoints, admission, forwarding, every error response.
 //! - [`headers`]: every header rule (hop-by-hop, `X-Forwarded-*`, `Connection: close`).
-//! - [`backend`]: every connection to the backend (per-worker idle links, pooled, upgrade, probe), its timeouts
-//!   and its errors.
+//! - [`backend`]: every connection to the backend (per-worker idle links spoken to by lameduck's
+//!   own HTTP/1.1 client, pooled, upgrade, probe), its timeouts and its errors.
 //! - [`body`]: response bodies, and how each kind (event stream, gRPC, other) ends at the cut.
 //! - [`tunnel`]: upgraded connections (WebSockets), and their close frames at the cut.
 //! - [`framing`]: message boundaries in gRPC and WebSocket byte streams.

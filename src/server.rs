@@ -6,6 +6,10 @@
 //! on that thread for its whole life; the backend connections its requests use come from the
 //! worker's own idle set ([`crate::backend`]). No request ever wakes another thread.
 //!
+//! An HTTP/1 connection's plain requests (module `plain`: HTTP/1.1, no body, the whole head
+//! arrived, nothing special asked) are served without hyper; from the first request that is not
+//! plain, hyper serves the connection, until it is idle again and gives it back.
+//!
 //! At the edge (module `edge`): a new connection speaks HTTP/2 if it opens with the HTTP/2
 //! preface, HTTP/1 otherwise. HTTP/1 request heads are checked on their raw bytes (size,
 //! request line, framing headers, control characters) and must arrive within

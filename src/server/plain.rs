@@ -90,6 +90,7 @@ pub(super) async fn serve(conn: Conn<'_>, read: Bytes) -> Outcome {
     // The head for the backend, then for the client; it changes places with a link's buffer at
     // each request, so it is always one of theirs.
     let mut head = Vec::new();
+    let mut skipped_window = false;
     loop {
         if buf.is_empty() {
             // Waits without a buffer: an idle connection holds none.
@@ -109,7 +110,9 @@ pub(super) async fn serve(conn: Conn<'_>, read: Bytes) -> Outcome {
             return Outcome::Hyper(buf.freeze());
         };
         served.store(true, Relaxed);
-        activity.skip_window();
+        if !std::mem::replace(&mut skipped_window, true) {
+            activity.skip_window();
+        }
         let request = activity.request();
         // Cannot fail: `parse` found the path there, in ASCII.
         let path = std::str::from_utf8(&buf[parsed.path.clone()]).unwrap_or("/");
