@@ -19,6 +19,8 @@ use crate::headers;
 pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
+/// Room for this many fields is tried first.
+const FEW_HEADERS: usize = 24;
 
 /// Why the backend's bytes are not an HTTP/1.1 response.
 #[derive(Debug, thiserror::Error)]
@@ -152,15 +154,39 @@ pub(super) fn parse_head(
     data: &Bytes,
     head_request: bool,
 ) -> Result<Option<(Head, usize)>, WireError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
+    // Room for a few fields is quick to set up, and most heads have fewer; a head with more is
+    // parsed again with room for as many as are allowed.
+    match parse_head_in(
+        data,
+        head_request,
+        &mut [httparse::EMPTY_HEADER; FEW_HEADERS],
+    ) {
+        Err(WireError::Head(httparse::Error::TooManyHeaders)) => {
+            let mut fields = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+            match parse_head_in(data, head_request, &mut fields) {
+                Err(WireError::Head(httparse::Error::TooManyHeaders)) => {
+                    Err(WireError::HeadTooLarge)
+                }
+                parsed => parsed,
+            }
+        }
+        parsed => parsed,
+    }
+}
+
+/// [`parse_head`] with room for `fields.len()` fields.
+fn parse_head_in<'a>(
+    data: &'a Bytes,
+    head_request: bool,
+    fields: &mut [httparse::Header<'a>],
+) -> Result<Option<(Head, usize)>, WireError> {
+    let mut parsed = httparse::Response::new(fields);
     let len = match parsed.parse(data) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if data.len() > MAX_HEAD => {
             return Err(WireError::HeadTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(WireError::HeadTooLarge),
         Err(err) => return Err(WireError::Head(err)),
     };
     if len > MAX_HEAD {
