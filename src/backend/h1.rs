@@ -1,6 +1,7 @@
-//! The bytes of HTTP/1.1 on a backend link ([`super::links`]): the request head written straight
-//! from the request, the response head parsed with httparse into the response the client gets,
-//! and the response body's framing (RFC 9112 §6) taken off as its bytes pass.
+//! The bytes of HTTP/1.1 that lameduck speaks itself. On a backend link ([`super::links`]): the
+//! request head written straight from the request, the response head parsed with httparse into
+//! the response the client gets, and the response body's framing (RFC 9112 §6) taken off as its
+//! bytes pass. Fields and last chunks are written the same way to clients (`server::plain`).
 //!
 //! Nothing here does IO: the link feeds it bytes and writes what it encodes, so every rule is
 //! tested on bytes alone.
@@ -122,6 +123,23 @@ pub(super) fn encode_fields(
     }
     out.extend_from_slice(b"\r\n");
     true
+}
+
+/// Appends the field `name: value` and its line end.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk of a chunked body, carrying `trailers`.
+pub(crate) fn push_last_chunk(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The size line of a chunk of `len` bytes.

@@ -249,14 +249,8 @@ impl Upload {
                         // Trailers end a chunked body; a body of known length has no place
                         // for them.
                         if let (true, Some(trailers)) = (self.chunked, frame.trailers_ref()) {
-                            let mut last = b"0\r\n".to_vec();
-                            for (name, value) in trailers {
-                                last.extend_from_slice(name.as_str().as_bytes());
-                                last.extend_from_slice(b": ");
-                                last.extend_from_slice(value.as_bytes());
-                                last.extend_from_slice(b"\r\n");
-                            }
-                            last.extend_from_slice(b"\r\n");
+                            let mut last = Vec::new();
+                            h1::push_last_chunk(&mut last, trailers);
                             self.queue.push_back(last.into());
                             self.ended = true;
                         }

@@ -53,7 +53,7 @@ pub use links::LinkBody;
 use links::{ExchangeError, Home, Link, Upload, IDLE_TIMEOUT};
 
 mod dial;
-mod h1;
+pub(crate) mod h1;
 mod h2c;
 mod links;
 

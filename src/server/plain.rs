@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::edge::{Activity, RequestGuard};
 use super::Shared;
+use crate::backend::h1;
 use crate::body::ResponseBody;
 use crate::headers::{self, MAX_HEADERS, REQUEST_LINE_MAX};
 use crate::phase::{Phase, Subscription};
@@ -291,10 +292,7 @@ async fn respond(
         } else if name == DATE {
             date = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        h1::push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     drop(parts);
     if !date {
@@ -352,14 +350,7 @@ async fn respond(
                 if let (Some(fields), Framing::Chunked, true) =
                     (frame.trailers_ref(), framing, parsed.trailers)
                 {
-                    out.extend_from_slice(b"0\r\n");
-                    for (name, value) in fields {
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    out.extend_from_slice(b"\r\n");
+                    h1::push_last_chunk(out, fields);
                     trailed = true;
                 }
             }
