@@ -97,7 +97,7 @@ impl Proxy {
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let version = req.version();
-        let resp = match self.answer_locally(&req) {
+        let mut resp = match self.answer_locally(&req) {
             Some(resp) => resp,
             None => {
                 let observation = self.telemetry.observe(req.method(), req.uri().path());
@@ -105,7 +105,8 @@ impl Proxy {
                 self.answer(forwarded, observation)
             }
         };
-        Ok(self.close_when_shutting_down(version, resp))
+        self.close_when_shutting_down(version, &mut resp);
+        Ok(resp)
     }
 
     /// Answers a request without a body that the server read itself (`server::plain`), its
@@ -134,8 +135,9 @@ impl Proxy {
             let resp = sent.map_err(Failure::Backend)?;
             Ok(self.respond(resp, in_flight, false))
         };
-        let resp = self.answer(forwarded.await, observation);
-        self.close_when_shutting_down(Version::HTTP_11, resp)
+        let mut resp = self.answer(forwarded.await, observation);
+        self.close_when_shutting_down(Version::HTTP_11, &mut resp);
+        resp
     }
 
     /// Whether `path` is one of lameduck's own endpoints.
@@ -167,15 +169,10 @@ impl Proxy {
         resp
     }
 
-    fn close_when_shutting_down(
-        &self,
-        version: Version,
-        mut resp: Response<ResponseBody>,
-    ) -> Response<ResponseBody> {
+    fn close_when_shutting_down(&self, version: Version, resp: &mut Response<ResponseBody>) {
         let status = resp.status();
         let shutting_down = self.phase.get().is_shutting_down();
         headers::close_when_shutting_down(version, shutting_down, status, resp.headers_mut());
-        resp
     }
 
     /// Admits a request, waiting for the backend to start and for a concurrency slot, if need
