@@ -400,6 +400,15 @@ pub fn is_hop_by_hop(name: &HeaderName, value: &[u8]) -> bool {
     }
 }
 
+/// [`is_hop_by_hop`] for a field as it came, its name in any case.
+pub fn is_hop_by_hop_field(name: &[u8], value: &[u8]) -> bool {
+    match hop_index_of(name) {
+        Some(HOPS) => !value.eq_ignore_ascii_case(b"trailers"),
+        Some(_) => true,
+        None => false,
+    }
+}
+
 /// The header names a `Connection` value names (beside `keep-alive`, `close`, `upgrade`), which
 /// go no further than this hop either.
 pub fn connection_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use crate::admission::{Admission, Admit, InFlight};
 use crate::advisor::RequestKind;
-use crate::backend::{Backend, BackendBody, BackendError};
+use crate::backend::{Backend, BackendBody, BackendError, Relayed};
 use crate::body::{self, Announced, ResponseBody};
 use crate::config::Config;
 use crate::cut::{Cut, Ending};
@@ -110,18 +110,23 @@ impl Proxy {
     }
 
     /// Answers a request without a body that the server read itself (`server::plain`), its
-    /// head already written for the backend (`Backend::encode_head`) into `head`, which is left
-    /// with a buffer for the next. The same path as [`Proxy::handle`]'s, without a
-    /// `Request` to carry the head.
+    /// head already written for the backend (`Backend::encode_head`) into `head`. The same path
+    /// as [`Proxy::handle`]'s, without a `Request` to carry the head.
+    ///
+    /// With the backend's answer, `head` then holds the response's fields as they came, which
+    /// go to the client beside those in the response's map (`Content-Type`, and what lameduck
+    /// adds), and what they include; without (lameduck's own answer), `None`, and the map holds
+    /// every field.
     pub async fn handle_head(
         &self,
         method: &Method,
         path: &str,
         head: &mut Vec<u8>,
         head_request: bool,
-    ) -> Response<ResponseBody> {
+    ) -> (Response<ResponseBody>, Option<Relayed>) {
         let observation = self.telemetry.observe(method, path);
         debug!(%method, path, "forwarding");
+        let mut relayed = None;
         let forwarded = async {
             let in_flight = self.admit(method, path).await?;
             let sent = tokio::select! {
@@ -132,12 +137,13 @@ impl Proxy {
                     return Err(Failure::ShuttingDown);
                 }
             };
-            let resp = sent.map_err(Failure::Backend)?;
+            let (resp, fields) = sent.map_err(Failure::Backend)?;
+            relayed = Some(fields);
             Ok(self.respond(resp, in_flight, false))
         };
         let mut resp = self.answer(forwarded.await, observation);
         self.close_when_shutting_down(Version::HTTP_11, &mut resp);
-        resp
+        (resp, relayed)
     }
 
     /// Whether `path` is one of lameduck's own endpoints.

@@ -9,8 +9,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes};
-use http::header::TRANSFER_ENCODING;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response, StatusCode, Version};
 
 use crate::headers;
@@ -154,6 +153,16 @@ pub(super) struct Head {
     pub(super) body: Framing,
     /// The connection can carry another request once this response has ended.
     pub(super) reusable: bool,
+    /// What the fields written out as they are hold ([`parse_head`] given somewhere to write).
+    pub(super) relayed: Relayed,
+}
+
+/// What the response fields written out as they came (for `server::plain`) hold, which their
+/// writer must not add again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relayed {
+    pub content_length: bool,
+    pub date: bool,
 }
 
 /// How the response body ends.
@@ -168,20 +177,22 @@ pub(super) enum Framing {
 
 /// The response head at the start of `data`, and its length; `None` while incomplete. An
 /// informational (1xx) head is returned as it is: the caller skips it.
+///
+/// Its fields, but the hop-by-hop ones, go into the response's header map; or, given `relay`,
+/// are written there as they came (emptied first), the map holding only `Content-Type`: a
+/// writer of bytes needs no map, and building one is most of a head's cost.
 pub(super) fn parse_head(
     data: &Bytes,
     head_request: bool,
+    mut relay: Option<&mut Vec<u8>>,
 ) -> Result<Option<(Head, usize)>, WireError> {
     // Room for a few fields is quick to set up, and most heads have fewer; a head with more is
     // parsed again with room for as many as are allowed.
-    match parse_head_in(
-        data,
-        head_request,
-        &mut [httparse::EMPTY_HEADER; FEW_HEADERS],
-    ) {
+    let few = &mut [httparse::EMPTY_HEADER; FEW_HEADERS];
+    match parse_head_in(data, head_request, few, relay.as_deref_mut()) {
         Err(WireError::Head(httparse::Error::TooManyHeaders)) => {
             let mut fields = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-            match parse_head_in(data, head_request, &mut fields) {
+            match parse_head_in(data, head_request, &mut fields, relay) {
                 Err(WireError::Head(httparse::Error::TooManyHeaders)) => {
                     Err(WireError::HeadTooLarge)
                 }
@@ -192,11 +203,49 @@ pub(super) fn parse_head(
     }
 }
 
+/// What a response head's fields say of its framing and its connection.
+#[derive(Debug, Default)]
+struct Fields {
+    length: Option<u64>,
+    transfer_coded: bool,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Fields {
+    /// Notes a framing or connection field (`Content-Length`, `Transfer-Encoding`, `Connection`).
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), WireError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let this = parse_length(value).ok_or(WireError::Field("content-length"))?;
+            if self.length.is_some_and(|length| length != this) {
+                return Err(WireError::Field("content-length"));
+            }
+            self.length = Some(this);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_coded = true;
+            // Only the last coding counts: chunked must be last to end the body.
+            self.chunked = value
+                .rsplit(|&byte| byte == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&byte| byte == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// [`parse_head`] with room for `fields.len()` fields.
 fn parse_head_in<'a>(
     data: &'a Bytes,
     head_request: bool,
     fields: &mut [httparse::Header<'a>],
+    relay: Option<&mut Vec<u8>>,
 ) -> Result<Option<(Head, usize)>, WireError> {
     let mut parsed = httparse::Response::new(fields);
     let len = match parsed.parse(data) {
@@ -219,72 +268,80 @@ fn parse_head_in<'a>(
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let mut length = None;
-    let mut transfer_coded = false;
-    let mut chunked = false;
-    let (mut close, mut keep_alive) = (false, false);
-    // The headers `Connection` names (hardly ever any).
-    let mut named = Vec::new();
+    let mut headers = HeaderMap::new();
+    let mut noted = Fields::default();
     for field in parsed.headers.iter() {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| WireError::Field("name"))?;
-        let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
-            .map_err(|_| WireError::Field("value"))?;
-        if name == CONTENT_LENGTH {
-            let this = parse_length(field.value).ok_or(WireError::Field("content-length"))?;
-            if length.is_some_and(|length| length != this) {
-                return Err(WireError::Field("content-length"));
-            }
-            length = Some(this);
-        } else if name == TRANSFER_ENCODING {
-            transfer_coded = true;
-            // Only the last coding counts: chunked must be last to end the body.
-            chunked = field
-                .value
-                .rsplit(|&byte| byte == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == CONNECTION {
-            for token in field.value.split(|&byte| byte == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-            let others = headers::connection_names(field.value);
-            named.extend(others.filter_map(|name| HeaderName::from_bytes(name).ok()));
-        }
-        // The head is the client's once these are gone (what `headers::to_client` does to
-        // hyper's responses).
-        if !headers::is_hop_by_hop(&name, field.value) {
-            headers.append(name, value);
+        let name = field.name.as_bytes();
+        if matches!(name.len(), 10 | 14 | 17) {
+            noted.note(name, field.value)?;
         }
     }
-    for name in named {
-        headers.remove(name);
+    // The fields `Connection` names (hardly ever any) go no further than this hop, nor does a
+    // length beside chunks (RFC 9112 §6.3: the client would take it for the body's).
+    let mut named: Vec<&[u8]> = Vec::new();
+    for field in parsed.headers.iter() {
+        if field.name.eq_ignore_ascii_case("connection") {
+            named.extend(headers::connection_names(field.value));
+        }
     }
-    if transfer_coded {
-        // The chunks frame the body: a length beside them must not reach the client (RFC 9112
-        // §6.3), who would take it for the body's.
-        headers.remove(CONTENT_LENGTH);
+    let stays = |name: &[u8], value: &[u8]| {
+        let length_beside_chunks =
+            noted.transfer_coded && name.eq_ignore_ascii_case(b"content-length");
+        let hop = headers::is_hop_by_hop_field(name, value)
+            || named.iter().any(|named| named.eq_ignore_ascii_case(name));
+        !hop && !length_beside_chunks
+    };
+    let mut relayed = Relayed::default();
+    match relay {
+        Some(out) => {
+            out.clear();
+            for field in parsed.headers.iter() {
+                let name = field.name.as_bytes();
+                if !stays(name, field.value) {
+                    continue;
+                }
+                if name.eq_ignore_ascii_case(b"content-type") {
+                    let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
+                        .map_err(|_| WireError::Field("value"))?;
+                    headers.insert(CONTENT_TYPE, value);
+                    continue;
+                }
+                relayed.content_length |= name.eq_ignore_ascii_case(b"content-length");
+                relayed.date |= name.eq_ignore_ascii_case(b"date");
+                push_field(out, name, field.value);
+            }
+        }
+        None => {
+            headers.reserve(parsed.headers.len());
+            for field in parsed.headers.iter() {
+                if !stays(field.name.as_bytes(), field.value) {
+                    continue;
+                }
+                let name = HeaderName::from_bytes(field.name.as_bytes())
+                    .map_err(|_| WireError::Field("name"))?;
+                let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
+                    .map_err(|_| WireError::Field("value"))?;
+                headers.append(name, value);
+            }
+        }
     }
-    let mut reusable = !close && (version == Version::HTTP_11 || keep_alive);
+    let mut reusable = !noted.close && (version == Version::HTTP_11 || noted.keep_alive);
     let body = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
-    } else if transfer_coded {
+    } else if noted.transfer_coded {
         // `Transfer-Encoding` overrides `Content-Length` (RFC 9112 §6.3); a body coded
         // otherwise than chunked last ends with the connection.
-        if chunked {
+        if noted.chunked {
             Framing::Chunked
         } else {
             Framing::Close
         }
     } else {
-        match length {
+        match noted.length {
             Some(0) => Framing::Empty,
             Some(length) => Framing::Length(length),
             None => Framing::Close,
@@ -300,6 +357,7 @@ fn parse_head_in<'a>(
             response,
             body,
             reusable,
+            relayed,
         },
         len,
     )))
@@ -489,7 +547,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Result<Option<(Head, usize)>, WireError> {
-        parse_head(&Bytes::copy_from_slice(text.as_bytes()), false)
+        parse_head(&Bytes::copy_from_slice(text.as_bytes()), false, None)
     }
 
     /// Decodes `chunks` fed one after the other (bytes left over carried to the next), returning
@@ -567,6 +625,7 @@ mod tests {
         let head_response = parse_head(
             &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"),
             true,
+            None,
         );
         assert_eq!(head_response.unwrap().unwrap().0.body, Framing::Empty);
         let informational = head("HTTP/1.1 100 Continue\r\n\r\n").unwrap().unwrap().0;
@@ -579,7 +638,7 @@ mod tests {
         ));
         let hop = hop.unwrap().unwrap().0;
         let names: Vec<&str> = hop.response.headers().keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["x-keep", "te"]);
+        assert_eq!(names, ["te", "x-keep"]);
         assert_eq!((hop.body, hop.reusable), (Framing::Chunked, true));
 
         assert!(head("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
@@ -590,6 +649,35 @@ mod tests {
         assert!(head("SSH-2.0-OpenSSH\r\n\r\n").is_err());
         let huge = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD));
         assert!(matches!(head(&huge), Err(WireError::HeadTooLarge)));
+    }
+
+    /// Relayed, the fields go out as they came but for this hop's, `Content-Type` alone in the
+    /// map; the same head in a map holds the same fields.
+    #[test]
+    fn relayed_fields_are_the_mapped_ones_as_they_came() {
+        let text = concat!(
+            "HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n",
+            "Content-Type: text/event-stream\r\nContent-Length: 3\r\nDate: d\r\n",
+            "Transfer-Encoding: chunked\r\nX-Keep: A b\r\n\r\n"
+        );
+        let data = Bytes::copy_from_slice(text.as_bytes());
+        let mut out = b"stale".to_vec();
+        let (relayed, _) = parse_head(&data, false, Some(&mut out)).unwrap().unwrap();
+        assert_eq!(out, b"Server: x\r\nDate: d\r\nX-Keep: A b\r\n");
+        let map = relayed.response.headers();
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["content-type"], "text/event-stream");
+        assert!(relayed.relayed.date && !relayed.relayed.content_length);
+        assert_eq!((relayed.body, relayed.reusable), (Framing::Chunked, true));
+
+        let (mapped, _) = parse_head(&data, false, None).unwrap().unwrap();
+        let names: Vec<&str> = mapped
+            .response
+            .headers()
+            .keys()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, ["server", "content-type", "date", "x-keep"]);
     }
 
     #[test]

@@ -106,11 +106,12 @@ impl Link {
     /// Writes the request head in [`Link::head`] and then `upload` (if the request has a body),
     /// reading the response as it comes; returns the response head (informational ones
     /// skipped), and what is left of the upload. The bytes read after the head are kept for the
-    /// body.
+    /// body. Given `relay`, the head's fields are written there (see [`h1::parse_head`]).
     pub(super) async fn exchange(
         &mut self,
         mut upload: Option<Box<Upload>>,
         head_request: bool,
+        mut relay: Option<&mut Vec<u8>>,
     ) -> Result<(Head, Option<Box<Upload>>), Failed> {
         let mut written = 0;
         let mut answered = false;
@@ -150,7 +151,7 @@ impl Link {
             loop {
                 if !self.read.is_empty() {
                     let data = self.read.split().freeze();
-                    match h1::parse_head(&data, head_request) {
+                    match h1::parse_head(&data, head_request, relay.as_deref_mut()) {
                         Ok(Some((head, len))) => {
                             let rest = data.slice(len..);
                             if head.response.status().is_informational() {
@@ -360,6 +361,7 @@ impl LinkBody {
             response,
             body,
             reusable,
+            relayed: _,
         } = head;
         let mut response = response.map(|()| LinkBody {
             link: Some(link),

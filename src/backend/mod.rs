@@ -49,6 +49,7 @@ use tracing::debug;
 use crate::config::{Protocol, Upstream};
 use crate::headers;
 use h1::Outgoing;
+pub use h1::Relayed;
 pub use links::LinkBody;
 use links::{ExchangeError, Home, Link, Upload, IDLE_TIMEOUT};
 
@@ -305,17 +306,19 @@ impl Backend {
     }
 
     /// Sends a request head [`Backend::encode_head`] wrote, for a request without a body, and
-    /// returns the response head. `head` changes places with the link's own buffer: no copy,
-    /// and the caller is left with a buffer for its next head.
+    /// returns the response head. `head` changes places with the link's own buffer (no copy),
+    /// and then holds the response head's fields as they came (its map holds only
+    /// `Content-Type`), and what they include.
     pub async fn send_head(
         &self,
         head: &mut Vec<u8>,
         head_request: bool,
-    ) -> Result<Response<BackendBody>, BackendError> {
+    ) -> Result<(Response<BackendBody>, Relayed), BackendError> {
         let exchange = async {
             let (reused, mut link) = self.take_link().await?;
             std::mem::swap(&mut link.head, head);
-            self.exchange(reused, link, None, head_request).await
+            self.exchange(reused, link, None, head_request, Some(head))
+                .await
         };
         let resp = match self.response_timeout {
             None => exchange.await,
@@ -323,7 +326,8 @@ impl Backend {
                 .await
                 .map_err(|_| BackendError::ResponseTimeout(limit))?,
         };
-        Ok(resp?.map(BackendBody::Link))
+        let (resp, relayed) = resp?;
+        Ok((resp.map(BackendBody::Link), relayed))
     }
 
     /// Sends `req` on a link, its head rewritten as it is written out.
@@ -344,7 +348,10 @@ impl Backend {
             Outgoing::Empty => None,
             _ => Some(Upload::new(req.into_body(), outgoing == Outgoing::Chunked)),
         };
-        self.exchange(reused, link, upload, head_request).await
+        let (resp, _) = self
+            .exchange(reused, link, upload, head_request, None)
+            .await?;
+        Ok(resp)
     }
 
     /// An idle link of this thread, or a new one; and whether it was idle.
@@ -365,18 +372,26 @@ impl Backend {
         mut link: Box<Link>,
         upload: Option<Box<Upload>>,
         head_request: bool,
-    ) -> Result<Response<LinkBody>, BackendError> {
-        match link.exchange(upload, head_request).await {
-            Ok((head, upload)) => Ok(LinkBody::new(link, head, upload)),
+        mut relay: Option<&mut Vec<u8>>,
+    ) -> Result<(Response<LinkBody>, Relayed), BackendError> {
+        match link
+            .exchange(upload, head_request, relay.as_deref_mut())
+            .await
+        {
+            Ok((head, upload)) => {
+                let relayed = head.relayed;
+                Ok((LinkBody::new(link, head, upload), relayed))
+            }
             Err(failed) if reused && failed.retryable => {
                 debug!(error = %failed.error, "the idle backend connection was closing; retrying on a new one");
                 let mut fresh = self.connect().await?;
                 std::mem::swap(&mut fresh.head, &mut link.head);
                 let (head, _) = fresh
-                    .exchange(None, head_request)
+                    .exchange(None, head_request, relay)
                     .await
                     .map_err(|failed| BackendError::from_link(failed.error))?;
-                Ok(LinkBody::new(fresh, head, None))
+                let relayed = head.relayed;
+                Ok((LinkBody::new(fresh, head, None), relayed))
             }
             Err(failed) => Err(BackendError::from_link(failed.error)),
         }
@@ -463,7 +478,7 @@ impl Backend {
         let answer = async {
             let mut link = self.connect().await?;
             h1::encode_head(&req, Outgoing::Empty, None, &mut link.head);
-            let exchanged = link.exchange(None, false).await;
+            let exchanged = link.exchange(None, false, None).await;
             let (head, _) = exchanged.map_err(|failed| BackendError::from_link(failed.error))?;
             Ok::<_, BackendError>(head.response)
         };

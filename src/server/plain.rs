@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use super::edge::{Activity, RequestGuard};
 use super::Shared;
-use crate::backend::h1;
+use crate::backend::{h1, Relayed};
 use crate::body::ResponseBody;
 use crate::headers::{self, MAX_HEADERS, REQUEST_LINE_MAX};
 use crate::phase::{Phase, Subscription};
@@ -88,9 +88,9 @@ pub(super) async fn serve(conn: Conn<'_>, read: Bytes) -> Outcome {
     } = conn;
     let mut buf = BytesMut::from(&read[..]);
     drop(read);
-    // The head for the backend, then for the client; it changes places with a link's buffer at
-    // each request, so it is always one of theirs.
-    let mut head = Vec::new();
+    // The head for the backend, then the response's fields as they came; it changes places with
+    // a link's buffer at each request. `out`: what goes to the client.
+    let (mut head, mut out) = (Vec::new(), Vec::new());
     let mut skipped_window = false;
     loop {
         if buf.is_empty() {
@@ -122,11 +122,12 @@ pub(super) async fn serve(conn: Conn<'_>, read: Bytes) -> Outcome {
             .handle_head(&parsed.method, path, &mut head, parsed.head_request);
         // A client that goes away before its answer comes abandons its request (as hyper's
         // connection notices when it reads the end of the connection).
-        let resp = tokio::select! {
-            resp = answer => resp,
+        let (resp, relayed) = tokio::select! {
+            answered = answer => answered,
             () = gone(stream) => return Outcome::Closed,
         };
-        let kept = respond(stream, resp, request, &parsed, &mut head).await;
+        let relayed = relayed.map(|relayed| (relayed, &head[..]));
+        let kept = respond(stream, resp, relayed, request, &parsed, &mut out).await;
         if !kept {
             let _ = stream.shutdown().await;
             return Outcome::Closed;
@@ -265,10 +266,12 @@ enum Framing {
 }
 
 /// Writes `resp` to the client: its head, then its body as it comes. Returns whether the
-/// connection can carry the next request.
+/// connection can carry the next request. `relayed`: the backend's fields as they came (beside
+/// those of `resp`'s map), and what they include.
 async fn respond(
     stream: &mut TcpStream,
     resp: Response<ResponseBody>,
+    relayed: Option<(Relayed, &[u8])>,
     mut request: RequestGuard,
     parsed: &Parsed,
     out: &mut Vec<u8>,
@@ -283,6 +286,11 @@ async fn respond(
     out.extend_from_slice(b"\r\n");
     let mut close = parsed.close;
     let (mut connection, mut length, mut date) = (false, false, false);
+    if let Some((fields, bytes)) = relayed {
+        out.extend_from_slice(bytes);
+        length = fields.content_length;
+        date = fields.date;
+    }
     for (name, value) in &parts.headers {
         if name == CONNECTION {
             connection = true;
