@@ -122,7 +122,6 @@ impl Proxy {
         method: &Method,
         path: &str,
         head: &mut Vec<u8>,
-        head_request: bool,
     ) -> (Response<ResponseBody>, Option<Relayed>) {
         let observation = self.telemetry.observe(method, path);
         debug!(%method, path, "forwarding");
@@ -131,7 +130,7 @@ impl Proxy {
             let in_flight = self.admit(method, path).await?;
             let sent = tokio::select! {
                 biased;
-                sent = self.backend.send_head(head, head_request) => sent,
+                sent = self.backend.send_head(head, method) => sent,
                 () = self.cut.signal() => {
                     self.cut.count(Ending::Refused);
                     return Err(Failure::ShuttingDown);

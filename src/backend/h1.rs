@@ -284,9 +284,12 @@ fn parse_head_in<'a>(
             named.extend(headers::connection_names(field.value));
         }
     }
+    // A 1xx or a 204 has no length to give (RFC 9110 §8.6): a client that trusted one would
+    // fall out of step with the connection.
+    let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let stays = |name: &[u8], value: &[u8]| {
         let length_beside_chunks =
-            noted.transfer_coded && name.eq_ignore_ascii_case(b"content-length");
+            (noted.transfer_coded || lengthless) && name.eq_ignore_ascii_case(b"content-length");
         let hop = headers::is_hop_by_hop_field(name, value)
             || named.iter().any(|named| named.eq_ignore_ascii_case(name));
         !hop && !length_beside_chunks

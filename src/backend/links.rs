@@ -66,9 +66,10 @@ pub(super) enum ExchangeError {
     ClientBody(#[source] BoxError),
 }
 
-/// A failed exchange, and whether the request can go again on a new link: nothing came back,
-/// and no body was sent, so the backend cannot have acted on more than a head it never answered
-/// (an idle connection the backend closed as the request was written).
+/// A failed exchange, and whether the request could go again on a new link: nothing came
+/// back, and no body was sent (an idle connection the backend closed as the request was
+/// written). The backend may still have read the head and acted on it before closing: only an
+/// idempotent request may go again (RFC 9110 §9.2.2), which the caller knows.
 #[derive(Debug)]
 pub(super) struct Failed {
     pub(super) error: ExchangeError,
@@ -154,6 +155,14 @@ impl Link {
                     match h1::parse_head(&data, head_request, relay.as_deref_mut()) {
                         Ok(Some((head, len))) => {
                             let rest = data.slice(len..);
+                            if head.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                                // No upgrade was asked for on a link.
+                                let unasked = WireError::Field("101 without an upgrade asked");
+                                return Poll::Ready(Err(failed(
+                                    ExchangeError::Wire(unasked),
+                                    true,
+                                )));
+                            }
                             if head.response.status().is_informational() {
                                 self.read.extend_from_slice(&rest);
                                 continue;

@@ -312,13 +312,12 @@ impl Backend {
     pub async fn send_head(
         &self,
         head: &mut Vec<u8>,
-        head_request: bool,
+        method: &Method,
     ) -> Result<(Response<BackendBody>, Relayed), BackendError> {
         let exchange = async {
             let (reused, mut link) = self.take_link().await?;
             std::mem::swap(&mut link.head, head);
-            self.exchange(reused, link, None, head_request, Some(head))
-                .await
+            self.exchange(reused, link, None, method, Some(head)).await
         };
         let resp = match self.response_timeout {
             None => exchange.await,
@@ -343,14 +342,12 @@ impl Backend {
             headers::to_backend(&mut req, remote, None, self.authority());
             h1::encode_head(&req, outgoing, None, &mut link.head);
         }
-        let head_request = req.method() == Method::HEAD;
+        let method = req.method().clone();
         let upload = match outgoing {
             Outgoing::Empty => None,
             _ => Some(Upload::new(req.into_body(), outgoing == Outgoing::Chunked)),
         };
-        let (resp, _) = self
-            .exchange(reused, link, upload, head_request, None)
-            .await?;
+        let (resp, _) = self.exchange(reused, link, upload, &method, None).await?;
         Ok(resp)
     }
 
@@ -363,17 +360,18 @@ impl Backend {
     }
 
     /// Sends the request head in `link` (and `upload`, its body) and reads its response head.
-    /// A request without a body that a link closing as it was written (`reused`: one that was
-    /// idle) got no answer to is sent once more, on a new link: the backend cannot have acted on
-    /// it (see [`links::Failed`]).
+    /// An idempotent request without a body that a link closing as it was written (`reused`:
+    /// one that was idle) got no answer to is sent once more, on a new link (see
+    /// [`links::Failed`]).
     async fn exchange(
         &self,
         reused: bool,
         mut link: Box<Link>,
         upload: Option<Box<Upload>>,
-        head_request: bool,
+        method: &Method,
         mut relay: Option<&mut Vec<u8>>,
     ) -> Result<(Response<LinkBody>, Relayed), BackendError> {
+        let head_request = method == Method::HEAD;
         match link
             .exchange(upload, head_request, relay.as_deref_mut())
             .await
@@ -382,7 +380,7 @@ impl Backend {
                 let relayed = head.relayed;
                 Ok((LinkBody::new(link, head, upload), relayed))
             }
-            Err(failed) if reused && failed.retryable => {
+            Err(failed) if reused && failed.retryable && method.is_idempotent() => {
                 debug!(error = %failed.error, "the idle backend connection was closing; retrying on a new one");
                 let mut fresh = self.connect().await?;
                 std::mem::swap(&mut fresh.head, &mut link.head);

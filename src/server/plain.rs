@@ -38,7 +38,9 @@ use crate::phase::{Phase, Subscription};
 const READ_SIZE: usize = 4096;
 /// Body data at most this long is copied beside its head (or its chunk's framing) to go out in
 /// one write; longer data is written as it is.
-const COPY_MAX: usize = 16 * 1024;
+const COPY_MAX: usize = 2 * 1024;
+/// A connection waiting for its next request keeps buffers for heads this large at most.
+const KEPT_MAX: usize = 4 * 1024;
 
 /// How plain serving ended.
 #[derive(Debug)]
@@ -94,8 +96,14 @@ pub(super) async fn serve(conn: Conn<'_>, read: Bytes) -> Outcome {
     let mut skipped_window = false;
     loop {
         if buf.is_empty() {
-            // Waits without a buffer: an idle connection holds none.
+            // Waits without a read buffer (an idle connection holds none), nor a large one to
+            // write heads into.
             buf = BytesMut::new();
+            for kept in [&mut head, &mut out] {
+                if kept.capacity() > KEPT_MAX {
+                    *kept = Vec::new();
+                }
+            }
             if !next_request(stream, phase).await {
                 return Outcome::Closed;
             }
@@ -117,9 +125,7 @@ pub(super) async fn serve(conn: Conn<'_>, read: Bytes) -> Outcome {
         let request = activity.request();
         // Cannot fail: `parse` found the path there, in ASCII.
         let path = std::str::from_utf8(&buf[parsed.path.clone()]).unwrap_or("/");
-        let answer = shared
-            .proxy
-            .handle_head(&parsed.method, path, &mut head, parsed.head_request);
+        let answer = shared.proxy.handle_head(&parsed.method, path, &mut head);
         // A client that goes away before its answer comes abandons its request (as hyper's
         // connection notices when it reads the end of the connection).
         let (resp, relayed) = tokio::select! {
@@ -185,6 +191,7 @@ fn parse(buf: &[u8], shared: &Shared, remote: SocketAddr, out: &mut Vec<u8>) -> 
     if len > shared.limits.max_header_size
         || method.len() + target.len() + " HTTP/1.1\r\n".len() >= REQUEST_LINE_MAX
         || !target.starts_with('/')
+        || !target.bytes().all(is_plain_target_byte)
         || method == "CONNECT"
     {
         return None;
@@ -253,6 +260,35 @@ fn parse(buf: &[u8], shared: &Shared, remote: SocketAddr, out: &mut Vec<u8>) -> 
         head_request: method == "HEAD",
         trailers,
     })
+}
+
+/// A byte a plain request target may hold: RFC 3986's path and query characters (unreserved,
+/// sub-delims, `:@/?`, and `%` of percent-encoding). Anything else (`#`, quotes, brackets,
+/// backquotes) is for hyper and `http`'s rules to judge, as before.
+fn is_plain_target_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric()
+        || matches!(
+            byte,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
 }
 
 /// How the response body goes to the client.

@@ -1,7 +1,8 @@
-//! Review of the plain path (src/server/plain.rs) and lameduck's own HTTP/1.1 backend client
-//! (src/backend/h1.rs, links.rs): each test sends a request that the plain path serves (no
-//! body, whole head, one plain Host), and where it matters the same request made non-plain
-//! (`Content-Length: 0` hands it to hyper), comparing what the client and the backend see.
+//! Plain requests, served without hyper (src/server/plain.rs), and lameduck's own HTTP/1.1
+//! backend client (src/backend/h1.rs, links.rs): each test sends a request that the plain path
+//! serves (no body, whole head, one plain Host), and where it matters the same request made
+//! non-plain (`Content-Length: 0` hands it to hyper), comparing what the client and the backend
+//! see: both paths must agree.
 
 mod support;
 
@@ -164,10 +165,8 @@ async fn status_of(port: u16, bytes: &[u8]) -> u16 {
 // Defects
 
 /// A bodiless POST that the backend read, acted on, and then closed its (reused) connection
-/// without answering must not be sent again: the backend may have acted on it (RFC 9110
-/// §9.2.2: no automatic retry of a non-idempotent request). The old hyper client retried only a
-/// request it had not written at all. lameduck writes it on a new link, so the backend sees it
-/// twice and the client gets the second answer.
+/// without answering is not sent again: the backend may have acted on it (RFC 9110 §9.2.2: no
+/// automatic retry of a non-idempotent request). The client gets a 502.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bodiless_post_the_backend_read_is_not_sent_again() {
     let backend = Backend::start(|seen| {
@@ -205,9 +204,7 @@ async fn a_bodiless_post_the_backend_read_is_not_sent_again() {
     assert_eq!(acted.status, 502, "{acted:?}");
 }
 
-/// The same for a PATCH (not idempotent either, RFC 9110 §9.2.2): the retry is not limited to
-/// requests the backend never read, as hyper's pool's was (only a request canceled before it
-/// was written came back to be sent again).
+/// The same for a PATCH (not idempotent either, RFC 9110 §9.2.2).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_the_backend_read_on_a_reused_link_is_retried_only_if_unsent() {
     let backend = Backend::start(|seen| {
@@ -233,10 +230,9 @@ async fn a_request_the_backend_read_on_a_reused_link_is_retried_only_if_unsent()
     assert_eq!(backend.count("PATCH /p"), 1, "{:#?}", backend.seen());
 }
 
-/// A request-target with a fragment: hyper (http::Uri) drops the fragment, so the hyper path
-/// forwards `/x`; the plain path forwards the target as the client wrote it, `#frag` and all
-/// (a fragment has no place in an origin-form target, RFC 9112 §3.2.1). Two paths of one
-/// proxy forward one request differently.
+/// A request-target with a fragment (which has no place in an origin-form target, RFC 9112
+/// §3.2.1) is forwarded as hyper's path forwards it: without the fragment (http::Uri drops it).
+/// The plain path leaves such targets to hyper.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fragment_in_the_target_is_forwarded_as_the_hyper_path_forwards_it() {
     let backend = Backend::start(|_| ok("x")).await;
@@ -268,8 +264,8 @@ async fn a_fragment_in_the_target_is_forwarded_as_the_hyper_path_forwards_it() {
     );
 }
 
-/// A fragment also hides lameduck's own endpoints from the plain path: hyper answers
-/// `/health#x` itself (its path is `/health`); the plain path forwards it to the backend.
+/// A fragment does not hide lameduck's own endpoints: `/health#x` is answered by lameduck on
+/// both paths (its path is `/health`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_endpoint_with_a_fragment_is_answered_locally_on_both_paths() {
     let backend = Backend::start(|_| ok("backend")).await;
@@ -294,8 +290,8 @@ async fn a_local_endpoint_with_a_fragment_is_answered_locally_on_both_paths() {
     );
 }
 
-/// Characters no valid target has (`<`, `>`, a backquote, RFC 3986): the hyper path refuses
-/// them with 400 (http::Uri), the plain path forwards them raw to the backend.
+/// Characters no valid target has (`<`, `>`, a backquote, RFC 3986) are refused with 400 on
+/// both paths (http::Uri's rules): the plain path leaves such targets to hyper.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_target_the_hyper_path_refuses_is_refused_on_the_plain_path_too() {
     let backend = Backend::start(|_| ok("x")).await;
@@ -319,8 +315,8 @@ async fn a_target_the_hyper_path_refuses_is_refused_on_the_plain_path_too() {
     );
 }
 
-/// A 204 carries no Content-Length (RFC 9110 §8.6: a server MUST NOT send one); hyper's server
-/// drops one a backend sent. The plain path writes the backend's on to the client.
+/// A 204 carries no Content-Length (RFC 9110 §8.6: a server MUST NOT send one): one a backend
+/// sent is dropped on both paths (hyper's server drops it; the plain path never relays it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_204_reaches_the_client_as_the_hyper_path_sends_it() {
     let backend = Backend::start(|_| {
@@ -464,11 +460,9 @@ async fn idle_connections(port: u16, pid: u32, n: usize, path: &str) -> (Vec<Raw
     (conns, after.saturating_sub(before) as f64 / n as f64)
 }
 
-/// An idle kept-alive client connection holds no response data: README and bench/results.md
-/// say 3.5 KiB per idle client. The plain path copies body data of up to 16 KiB (`COPY_MAX`)
-/// into the connection's head buffer (`out`, which is also the next request head's buffer),
-/// cleared but never shrunk: after a 12 KB response, the idle connection keeps a 12 KB+ buffer
-/// for as long as it stays open (and a response head of up to 64 KiB likewise).
+/// An idle kept-alive client connection holds no response data: after a 12 KB response it
+/// holds no more than after a 1-byte one (the plain path copies small body data beside its
+/// head, and lets a large head buffer go before waiting for the next request).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_plain_connection_keeps_no_buffer_the_size_of_its_last_response() {
     let big = "b".repeat(12_000);
