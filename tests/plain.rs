@@ -162,72 +162,50 @@ async fn status_of(port: u16, bytes: &[u8]) -> u16 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Defects
+// Where the plain path once went wrong (each of these failed before its fix)
 
-/// A bodiless POST that the backend read, acted on, and then closed its (reused) connection
-/// without answering is not sent again: the backend may have acted on it (RFC 9110 §9.2.2: no
-/// automatic retry of a non-idempotent request). The client gets a 502.
+/// A bodiless POST or PATCH that the backend read, acted on, and then closed its (reused)
+/// connection without answering is not sent again: the backend may have acted on it (RFC 9110
+/// §9.2.2: no automatic retry of a non-idempotent request). The client gets a 502.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_bodiless_post_the_backend_read_is_not_sent_again() {
-    let backend = Backend::start(|seen| {
-        if seen.line().starts_with("POST /act") && seen.nth > 0 {
-            // Read and acted on, then the backend died before it could answer.
-            Reply::Hangup
-        } else {
-            ok("done")
-        }
-    })
-    .await;
-    let ld = lameduck(&backend).await;
-    let mut client = RawConn::open(ld.port).await;
-    client
-        .send(b"GET /warm HTTP/1.1\r\nHost: review.test\r\n\r\n")
-        .await
-        .unwrap();
-    let warm = client.response().await.expect("a response");
-    assert_eq!(warm.status, 200);
-    // On the same client connection (same worker): the warm-up's idle link is reused.
-    client
-        .send(b"POST /act HTTP/1.1\r\nHost: review.test\r\n\r\n")
-        .await
-        .unwrap();
-    let acted = client.response().await.expect("a response");
-    assert_eq!(
-        backend.count("POST /act"),
-        1,
-        "the backend was sent the POST {} times (client got {} {:?}); seen: {:#?}",
-        backend.count("POST /act"),
-        acted.status,
-        acted.text(),
-        backend.seen()
-    );
-    assert_eq!(acted.status, 502, "{acted:?}");
-}
-
-/// The same for a PATCH (not idempotent either, RFC 9110 §9.2.2).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_request_the_backend_read_on_a_reused_link_is_retried_only_if_unsent() {
-    let backend = Backend::start(|seen| {
-        if seen.line().starts_with("PATCH /p") && seen.nth > 0 {
-            Reply::Hangup
-        } else {
-            ok("done")
-        }
-    })
-    .await;
-    let ld = lameduck(&backend).await;
-    let mut client = RawConn::open(ld.port).await;
-    client
-        .send(b"GET /warm HTTP/1.1\r\nHost: review.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(client.response().await.unwrap().status, 200);
-    client
-        .send(b"PATCH /p HTTP/1.1\r\nHost: review.test\r\n\r\n")
-        .await
-        .unwrap();
-    let _ = client.response().await;
-    assert_eq!(backend.count("PATCH /p"), 1, "{:#?}", backend.seen());
+async fn a_bodiless_post_or_patch_the_backend_read_is_not_sent_again() {
+    for method in ["POST", "PATCH"] {
+        let line = format!("{method} /act");
+        let hang_up_on = line.clone();
+        let backend = Backend::start(move |seen| {
+            if seen.line().starts_with(&hang_up_on) && seen.nth > 0 {
+                // Read and acted on, then the backend died before it could answer.
+                Reply::Hangup
+            } else {
+                ok("done")
+            }
+        })
+        .await;
+        let ld = lameduck(&backend).await;
+        let mut client = RawConn::open(ld.port).await;
+        client
+            .send(b"GET /warm HTTP/1.1\r\nHost: review.test\r\n\r\n")
+            .await
+            .unwrap();
+        let warm = client.response().await.expect("a response");
+        assert_eq!(warm.status, 200);
+        // On the same client connection (same worker): the warm-up's idle link is reused.
+        client
+            .send(format!("{line} HTTP/1.1\r\nHost: review.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let acted = client.response().await.expect("a response");
+        assert_eq!(
+            backend.count(&line),
+            1,
+            "the backend was sent the {method} {} times (client got {} {:?}); seen: {:#?}",
+            backend.count(&line),
+            acted.status,
+            acted.text(),
+            backend.seen()
+        );
+        assert_eq!(acted.status, 502, "{method}: {acted:?}");
+    }
 }
 
 /// A request-target with a fragment (which has no place in an origin-form target, RFC 9112
@@ -342,7 +320,7 @@ async fn a_204_reaches_the_client_as_the_hyper_path_sends_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Behaviour the plain path gets right (not covered elsewhere)
+// The plain path's framing and drain, not covered elsewhere
 
 /// Pipelined plain requests, HEAD among them, come back in order, a HEAD's without a body but
 /// with the GET's length, a 304 without a body; `Connection: close` on the last closes.
