@@ -138,6 +138,13 @@ impl RawBackend {
         let seen = self.seen();
         seen.iter().map(|s| s.conn + 1).max().unwrap_or(0)
     }
+
+    /// Asserts that the backend saw `requests` requests over `connections` connections.
+    fn assert_served(&self, requests: usize, connections: usize, why: &str) {
+        let seen = self.seen();
+        assert_eq!(seen.len(), requests, "{seen:?}");
+        assert_eq!(self.connections(), connections, "{why}: {seen:?}");
+    }
 }
 
 impl Drop for RawBackend {
@@ -538,12 +545,10 @@ async fn a_chunked_response_with_extensions_passes_whole_and_the_link_is_reused(
         assert_eq!(resp.status, 200, "round {round}: {resp:?}");
         assert_eq!(resp.text(), CHUNKED_DATA, "round {round}");
     }
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    assert_eq!(
-        backend.connections(),
+    backend.assert_served(
+        3,
         1,
-        "the backend connection was not reused after a chunked response: {seen:?}"
+        "the backend connection was not reused after a chunked response",
     );
 }
 
@@ -560,12 +565,10 @@ async fn a_chunked_response_with_extensions_and_trailers_passes_whole_and_the_li
         assert_eq!(resp.status, 200, "round {round}: {resp:?}");
         assert_eq!(resp.text(), CHUNKED_DATA, "round {round}");
     }
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    assert_eq!(
-        backend.connections(),
+    backend.assert_served(
+        3,
         1,
-        "the backend connection was not reused after a chunked response: {seen:?}"
+        "the backend connection was not reused after a chunked response",
     );
 }
 
@@ -803,13 +806,7 @@ async fn an_http10_response_without_keep_alive_passes_whole_and_its_link_is_not_
         assert!(resp.head.starts_with("HTTP/1.1 200"), "{}", resp.head);
         assert_eq!(resp.text(), format!("old {round:03}"));
     }
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 2);
-    assert_eq!(
-        backend.connections(),
-        2,
-        "an HTTP/1.0 link was reused: {seen:?}"
-    );
+    backend.assert_served(2, 2, "an HTTP/1.0 link was reused");
 }
 
 #[tokio::test]
@@ -963,12 +960,10 @@ async fn the_link_of_a_response_without_a_body_is_reused() {
         .await;
     assert_eq!(client.response(true).await.status, 200);
     assert_eq!(client.get("/after").await.text(), "in step");
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    assert_eq!(
-        backend.connections(),
+    backend.assert_served(
+        3,
         1,
-        "a new backend connection after each response without a body: {seen:?}"
+        "a new backend connection after each response without a body",
     );
 }
 
