@@ -38,8 +38,9 @@ use crate::phase::{Phase, Subscription};
 const READ_SIZE: usize = 4096;
 /// Body data at most this long is copied beside its head (or its chunk's framing) to go out in
 /// one write; longer data is written as it is.
-const COPY_MAX: usize = 2 * 1024;
-/// A connection waiting for its next request keeps buffers for heads this large at most.
+const COPY_MAX: usize = 16 * 1024;
+/// A connection waiting for its next request keeps buffers this large at most (for heads, and
+/// the small bodies written beside them): an idle connection holds no response's data.
 const KEPT_MAX: usize = 4 * 1024;
 
 /// How plain serving ended.
