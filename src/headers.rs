@@ -390,18 +390,10 @@ fn forwarded_index(name: &[u8]) -> Option<usize> {
         .position(|suffix| rest.eq_ignore_ascii_case(suffix))
 }
 
-/// Whether a response field goes no further than this hop (what [`to_client`] removes, but
-/// the headers a `Connection` header names: see [`connection_names`]).
-pub fn is_hop_by_hop(name: &HeaderName, value: &[u8]) -> bool {
-    match hop_index(name) {
-        Some(HOPS) => !value.eq_ignore_ascii_case(b"trailers"),
-        Some(_) => true,
-        None => false,
-    }
-}
-
-/// [`is_hop_by_hop`] for a field as it came, its name in any case.
-pub fn is_hop_by_hop_field(name: &[u8], value: &[u8]) -> bool {
+/// Whether a response field, as it came (its name in any case), goes no further than this hop:
+/// what [`to_client`] removes, but the headers a `Connection` header names (see
+/// [`connection_names`]).
+pub fn is_hop_by_hop(name: &[u8], value: &[u8]) -> bool {
     match hop_index_of(name) {
         Some(HOPS) => !value.eq_ignore_ascii_case(b"trailers"),
         Some(_) => true,

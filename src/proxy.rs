@@ -24,6 +24,23 @@ use crate::probes::{Answer, Probes};
 use crate::telemetry::{self, Observation, Telemetry};
 use crate::tunnel;
 
+/// Waits for `$work` (a slot, the backend's answer) unless the drain deadline's cut comes first:
+/// the request is then refused (`Err`), and its client may retry. A macro, not an async fn: the
+/// wait stays in the caller's future, where a function would move the whole future of the
+/// backend's answer into its own, a copy of a large value per request.
+macro_rules! before_cut {
+    ($proxy:expr, $work:expr) => {
+        tokio::select! {
+            biased;
+            done = $work => Ok(done),
+            () = $proxy.cut.signal() => {
+                $proxy.cut.count(Ending::Refused);
+                Err(Failure::ShuttingDown)
+            }
+        }
+    };
+}
+
 /// What a refused client is told to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -128,14 +145,7 @@ impl Proxy {
         let mut relayed = None;
         let forwarded = async {
             let in_flight = self.admit(method, path).await?;
-            let sent = tokio::select! {
-                biased;
-                sent = self.backend.send_head(head, method) => sent,
-                () = self.cut.signal() => {
-                    self.cut.count(Ending::Refused);
-                    return Err(Failure::ShuttingDown);
-                }
-            };
+            let sent = before_cut!(self, self.backend.send_head(head, method))?;
             let (resp, fields) = sent.map_err(Failure::Backend)?;
             relayed = Some(fields);
             Ok(self.respond(resp, in_flight, false))
@@ -195,15 +205,8 @@ impl Proxy {
             }
             Admit::Refused => return Err(Failure::ShuttingDown),
         };
-        let slot = tokio::select! {
-            biased;
-            slot = self.admission.take_slot(&mut in_flight, self.queue_timeout) => slot,
-            () = self.cut.signal() => {
-                self.cut.count(Ending::Refused);
-                return Err(Failure::ShuttingDown);
-            }
-        };
-        slot.map_err(|_| Failure::AtCapacity)?;
+        let slot = self.admission.take_slot(&mut in_flight, self.queue_timeout);
+        before_cut!(self, slot)?.map_err(|_| Failure::AtCapacity)?;
         Ok(in_flight)
     }
 
@@ -256,15 +259,7 @@ impl Proxy {
         let client_http2 = req.version() == Version::HTTP_2;
         debug!(method = %req.method(), uri = %req.uri(), "forwarding");
 
-        let sent = tokio::select! {
-            biased;
-            sent = self.backend.send(req, remote, upgrade.as_ref()) => sent,
-            // The drain deadline came before the backend answered: the client may retry.
-            () = self.cut.signal() => {
-                self.cut.count(Ending::Refused);
-                return Err(Failure::ShuttingDown);
-            }
-        };
+        let sent = before_cut!(self, self.backend.send(req, remote, upgrade.as_ref()))?;
         let mut resp = sent.map_err(Failure::Backend)?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -108,15 +108,7 @@ pub(super) fn encode_fields(
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut field = |name: &[u8], value: &[&[u8]]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        for part in value {
-            out.extend_from_slice(part);
-        }
-        out.extend_from_slice(b"\r\n");
-    };
-    if !visit(&mut field) {
+    if !visit(&mut |name, value| push_field(out, name, value)) {
         out.clear();
         return false;
     }
@@ -124,11 +116,13 @@ pub(super) fn encode_fields(
     true
 }
 
-/// Appends the field `name: value` and its line end.
-pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends the field `name: value` (the concatenation of `value`'s parts) and its line end.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
+    for part in value {
+        out.extend_from_slice(part);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -136,13 +130,13 @@ pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 pub(crate) fn push_last_chunk(out: &mut Vec<u8>, trailers: &HeaderMap) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers {
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        push_field(out, name.as_str().as_bytes(), &[value.as_bytes()]);
     }
     out.extend_from_slice(b"\r\n");
 }
 
 /// The size line of a chunk of `len` bytes.
-pub(super) fn chunk_size_line(len: usize) -> Bytes {
+pub(crate) fn chunk_size_line(len: usize) -> Bytes {
     Bytes::from(format!("{len:x}\r\n"))
 }
 
@@ -270,29 +264,27 @@ fn parse_head_in<'a>(
     };
     let mut headers = HeaderMap::new();
     let mut noted = Fields::default();
+    // The fields `Connection` names (hardly ever any) go no further than this hop.
+    let mut named: Vec<&[u8]> = Vec::new();
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         if matches!(name.len(), 10 | 14 | 17) {
             noted.note(name, field.value)?;
         }
-    }
-    // The fields `Connection` names (hardly ever any) go no further than this hop, nor does a
-    // length beside chunks (RFC 9112 §6.3: the client would take it for the body's).
-    let mut named: Vec<&[u8]> = Vec::new();
-    for field in parsed.headers.iter() {
-        if field.name.eq_ignore_ascii_case("connection") {
+        if name.eq_ignore_ascii_case(b"connection") {
             named.extend(headers::connection_names(field.value));
         }
     }
-    // A 1xx or a 204 has no length to give (RFC 9110 §8.6): a client that trusted one would
-    // fall out of step with the connection.
-    let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
+    // Nor does a length beside chunks (RFC 9112 §6.3: the client would take it for the body's),
+    // or on a 1xx or a 204, which have none to give (RFC 9110 §8.6): a client that trusted it
+    // would fall out of step with the connection.
+    let lengthless =
+        noted.transfer_coded || status.is_informational() || status == StatusCode::NO_CONTENT;
     let stays = |name: &[u8], value: &[u8]| {
-        let length_beside_chunks =
-            (noted.transfer_coded || lengthless) && name.eq_ignore_ascii_case(b"content-length");
-        let hop = headers::is_hop_by_hop_field(name, value)
+        let dropped_length = lengthless && name.eq_ignore_ascii_case(b"content-length");
+        let hop = headers::is_hop_by_hop(name, value)
             || named.iter().any(|named| named.eq_ignore_ascii_case(name));
-        !hop && !length_beside_chunks
+        !hop && !dropped_length
     };
     let mut relayed = Relayed::default();
     match relay {
@@ -311,7 +303,7 @@ fn parse_head_in<'a>(
                 }
                 relayed.content_length |= name.eq_ignore_ascii_case(b"content-length");
                 relayed.date |= name.eq_ignore_ascii_case(b"date");
-                push_field(out, name, field.value);
+                push_field(out, name, &[field.value]);
             }
         }
         None => {

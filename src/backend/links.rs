@@ -142,7 +142,7 @@ impl Link {
                             return Poll::Ready(Err(failed(ExchangeError::ClientBody(err), true)))
                         }
                         // The backend stops reading: it may have answered already.
-                        Poll::Ready(Err(Sending::Backend(_))) => {
+                        Poll::Ready(Err(Sending::Backend)) => {
                             body.failed = true;
                         }
                         Poll::Pending => {}
@@ -201,10 +201,10 @@ pub(super) struct Upload {
     failed: bool,
 }
 
-/// Why an upload stopped.
+/// Why an upload stopped: the client's body failed, or the backend stopped taking it.
 enum Sending {
     Client(BoxError),
-    Backend(#[allow(dead_code)] io::Error),
+    Backend,
 }
 
 impl Upload {
@@ -226,14 +226,12 @@ impl Upload {
         loop {
             while let Some(front) = self.queue.front_mut() {
                 match ready!(Pin::new(&mut *io).poll_write(cx, front)) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(Sending::Backend(io::ErrorKind::WriteZero.into())))
-                    }
+                    Ok(0) => return Poll::Ready(Err(Sending::Backend)),
                     Ok(n) if n == front.len() => {
                         self.queue.pop_front();
                     }
                     Ok(n) => bytes::Buf::advance(front, n),
-                    Err(err) => return Poll::Ready(Err(Sending::Backend(err))),
+                    Err(_) => return Poll::Ready(Err(Sending::Backend)),
                 }
             }
             if self.ended {

@@ -337,7 +337,7 @@ async fn respond(
         } else if name == DATE {
             date = true;
         }
-        h1::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        h1::push_field(out, name.as_str().as_bytes(), &[value.as_bytes()]);
     }
     drop(parts);
     if !date {
@@ -402,7 +402,7 @@ async fn respond(
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Ok(data), false) = (frame.into_data(), framing == Framing::None) {
                     if framing == Framing::Chunked && !data.is_empty() {
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(&h1::chunk_size_line(data.len()));
                     }
                     if data.len() <= COPY_MAX {
                         out.extend_from_slice(&data);
